@@ -1,0 +1,98 @@
+"""Checkpoints that survive a crash mid-write and load without unpickling arbitrary code.
+
+Files are written to a temporary name in the same folder and moved into place with ``os.replace``
+(atomic on POSIX), so a killed run leaves either the previous checkpoint or the new one, never half
+of one. Loading always uses ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+from safetensors.torch import save_file
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or does not fit the model."""
+
+
+def _atomic_write(path: Path, write_fn) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
+    """Atomically ``torch.save`` a dict of tensors and plain Python values."""
+    path = Path(path)
+    _atomic_write(path, lambda tmp: torch.save(dict(state), tmp))
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint dict with ``weights_only=True``; a clear error if it is missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+
+
+def strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes some tools leave behind."""
+    cleaned = {}
+    for key, value in state_dict.items():
+        for prefix in ("module.", "_orig_mod."):
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        cleaned[key] = value
+    return cleaned
+
+
+def load_model_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Strictly load weights, explaining a mismatch by missing, unexpected and mis-shaped keys."""
+    state_dict = strip_module_prefix(state_dict)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    wrong_shape = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+                   for k in sorted(set(own) & set(state_dict)) if own[k].shape != state_dict[k].shape]
+    if missing or unexpected or wrong_shape:
+        def head(items):
+            return f"{items[:5]}{' ...' if len(items) > 5 else ''} ({len(items)})"
+        problems = []
+        if missing:
+            problems.append(f"missing keys {head(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys {head(unexpected)}")
+        if wrong_shape:
+            problems.append(f"shape mismatches {head(wrong_shape)}")
+        raise CheckpointError(f"{source} does not match the model ({type(model).__name__}): " + "; ".join(problems))
+    model.load_state_dict(state_dict)
+
+
+def export_model(model: nn.Module, out_dir: str | Path, *, class_names: list[str],
+                 config: Mapping[str, Any], thresholds: list[float] | None = None,
+                 extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``model.safetensors`` + ``model.json`` (class names, thresholds, config) for inference
+    without the training code or pickle."""
+    out_dir = Path(out_dir)
+    weights = {k: v.detach().cpu().contiguous() for k, v in strip_module_prefix(model.state_dict()).items()}
+    _atomic_write(out_dir / "model.safetensors", lambda tmp: save_file(weights, tmp))
+    meta = {"class_names": list(class_names), "thresholds": thresholds, "config": dict(config), **(extra or {})}
+    _atomic_write(out_dir / "model.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    return out_dir

@@ -1,0 +1,131 @@
+"""Data helpers shared by the 2D projects: safe image reading, class folders, seeded splits, transforms."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from sklearn.model_selection import GroupShuffleSplit, train_test_split
+from torchvision.transforms import v2
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DataError(ValueError):
+    """The data on disk does not match what the config promises."""
+
+
+def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:
+    """Open an image fully (so truncation shows up here), converted to ``mode``; clear error otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert(mode)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"cannot read image {path}: {err}") from err
+
+
+def find_unreadable_images(paths: Sequence[str | Path]) -> list[tuple[Path, str]]:
+    """(path, reason) for every image that is missing or cannot be decoded."""
+    bad = []
+    for path in paths:
+        try:
+            load_image(path, mode="L")
+        except DataError as err:
+            bad.append((Path(path), str(err)))
+    return bad
+
+
+def describe_bad_images(bad: list[tuple[Path, str]], limit: int = 5) -> str:
+    listed = "\n  ".join(reason for _, reason in bad[:limit])
+    more = f"\n  ... and {len(bad) - limit} more" if len(bad) > limit else ""
+    return f"{len(bad)} unreadable or missing image(s):\n  {listed}{more}"
+
+
+def scan_class_folders(root: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS
+                       ) -> tuple[list[tuple[Path, int]], list[str]]:
+    """``root/<class>/<file>`` -> ([(path, class_index)], sorted class names).
+
+    An absent root, a root without class folders, or an empty class folder is an error, because
+    each silently shifts the label indices.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data directory not found: {root}")
+    class_names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_names:
+        raise DataError(f"no class folders in {root}; expected {root}/<class_name>/<image files>")
+    samples = []
+    for index, name in enumerate(class_names):
+        files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in extensions and p.is_file())
+        if not files:
+            raise DataError(f"class folder {root / name} has no files with extensions {list(extensions)}")
+        samples.extend((path, index) for path in files)
+    return samples, class_names
+
+
+def stratified_split(labels: Sequence[int], fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """Index arrays for consecutive parts (e.g. 0.7/0.15/0.15) with class proportions kept."""
+    labels = np.asarray(labels)
+    if not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"split fractions must sum to 1, got {fractions}")
+    remaining = np.arange(len(labels))
+    parts, left = [], 1.0
+    for fraction in fractions[:-1]:
+        share = fraction / left
+        counts = np.bincount(labels[remaining])
+        stratify = labels[remaining] if counts[counts > 0].min() >= 2 else None
+        take, remaining = train_test_split(remaining, train_size=share, random_state=seed, stratify=stratify)
+        parts.append(np.sort(take))
+        left -= fraction
+    parts.append(np.sort(remaining))
+    return parts
+
+
+def group_split(groups: Sequence, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """Like :func:`stratified_split` but every group (e.g. patient) lands in exactly one part."""
+    groups = np.asarray(groups)
+    if not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"split fractions must sum to 1, got {fractions}")
+    remaining = np.arange(len(groups))
+    parts, left = [], 1.0
+    for fraction in fractions[:-1]:
+        splitter = GroupShuffleSplit(n_splits=1, train_size=fraction / left, random_state=seed)
+        take, rest = next(splitter.split(remaining, groups=groups[remaining]))
+        parts.append(np.sort(remaining[take]))
+        remaining = remaining[rest]
+        left -= fraction
+    parts.append(np.sort(remaining))
+    return parts
+
+
+def build_image_transform(size: int, train: bool, augmentation: str = "standard",
+                          mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+    """torchvision v2 pipeline from a PIL image to a normalised float tensor [3, size, size].
+
+    ``augmentation`` (training only): ``none`` = resize; ``minimal`` = + horizontal flip;
+    ``standard`` = random resized crop (0.8-1), flip, +-10 degree rotation, brightness/contrast;
+    ``strong`` = standard + RandAugment + random erasing. Evaluation always resizes only.
+    """
+    to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    resize = [v2.Resize((size, size), antialias=True)]
+    if not train or augmentation == "none":
+        return v2.Compose(resize + to_tensor)
+    flip = [v2.RandomHorizontalFlip()]
+    if augmentation == "minimal":
+        return v2.Compose(resize + flip + to_tensor)
+    standard = [v2.RandomResizedCrop(size, scale=(0.8, 1.0), antialias=True), *flip, v2.RandomRotation(10),
+                v2.ColorJitter(brightness=0.2, contrast=0.2)]
+    if augmentation == "standard":
+        return v2.Compose(standard + to_tensor)
+    if augmentation == "strong":
+        return v2.Compose(standard + [v2.RandAugment(num_ops=2, magnitude=9)] + to_tensor
+                          + [v2.RandomErasing(p=0.25)])
+    raise ValueError(f"augmentation must be none, minimal, standard or strong, got {augmentation!r}")
