@@ -2,27 +2,29 @@
 
 Small single-purpose modules, re-exported here: ``config`` (typed dataclasses + YAML + CLI),
 ``engine`` (the Accelerate training loop), ``checkpoint``, ``losses``, ``metrics``, ``plots``,
-``data`` (image helpers, splits, transforms) and ``cxr14`` (ChestX-ray14 data).
+``data`` (image helpers, splits, transforms), ``tasks`` (multi-label / multi-class tasks)
+and ``cxr14`` (ChestX-ray14 data).
 """
 from timm.utils import ModelEmaV3
 
 from .checkpoint import CheckpointError, export_model, load_checkpoint, load_model_weights, save_checkpoint, \
     strip_module_prefix
-from .config import ConfigError, config_to_dict, load_config, parse_overrides, save_config
+from .config import ConfigError, config_from_dict, config_to_dict, load_config, parse_overrides, save_config
 from .data import DataError, IMAGENET_MEAN, IMAGENET_STD, build_image_transform, find_unreadable_images, \
     group_split, load_image, scan_class_folders, stratified_split
 from .engine import Callback, EarlyStopping, EarlyStoppingConfig, Engine, NonFiniteLossError, Task, TrainConfig
 from .losses import AsymmetricLoss, BinaryFocalLoss, FocalLoss, SoftTargetCrossEntropy, build_loss, \
     pos_weight_from_labels
 from .metrics import multiclass_metrics, multilabel_metrics, tune_thresholds
+from .tasks import MultiClassTask, MultiLabelTask
 from .plots import plot_confusion_matrix, plot_pr_curves, plot_roc_curves, plot_training_curves
 
 __all__ = [
     "ModelEmaV3", "CheckpointError", "export_model", "load_checkpoint", "load_model_weights", "save_checkpoint",
-    "strip_module_prefix", "ConfigError", "config_to_dict", "load_config", "parse_overrides", "save_config",
+    "strip_module_prefix", "ConfigError", "config_from_dict", "config_to_dict", "load_config", "parse_overrides", "save_config",
     "DataError", "IMAGENET_MEAN", "IMAGENET_STD", "build_image_transform", "find_unreadable_images", "group_split",
     "load_image", "scan_class_folders", "stratified_split", "Callback", "EarlyStopping", "EarlyStoppingConfig",
     "Engine", "NonFiniteLossError", "Task", "TrainConfig", "AsymmetricLoss", "BinaryFocalLoss", "FocalLoss",
     "SoftTargetCrossEntropy", "build_loss", "pos_weight_from_labels", "multiclass_metrics", "multilabel_metrics",
-    "tune_thresholds", "plot_confusion_matrix", "plot_pr_curves", "plot_roc_curves", "plot_training_curves",
+    "tune_thresholds", "MultiClassTask", "MultiLabelTask", "plot_confusion_matrix", "plot_pr_curves", "plot_roc_curves", "plot_training_curves",
 ]

@@ -193,6 +193,13 @@ def load_config(cls: type[T], path: str | Path | None = None, argv: Sequence[str
         raise ConfigError(f"{err}{where}") from None
 
 
+def config_from_dict(cls: type[T], values: dict) -> T:
+    """Defaults of ``cls`` <- a nested mapping (e.g. one entry of a JSON file), checked like a YAML file."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"expected a mapping of {cls.__name__} keys, got {type(values).__name__}")
+    return _build(cls, values)
+
+
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML so a run folder says exactly how it was trained."""
     path = Path(path)

@@ -221,9 +221,9 @@ def make_synthetic_cxr(out_dir: str | Path, num_images: int = 600, size: int = 6
     for i in range(num_images):
         patient, follow_up = divmod(i, images_per_patient)
         present = rng.random(len(findings)) < positive_rate
-        image = thorax + rng.normal(0, 0.06, (size, size))
+        image = thorax * rng.uniform(0.8, 1.2) + rng.normal(0, 0.12, (size, size))
         for f in np.flatnonzero(present):
-            image = image + 0.45 * _finding_mask(int(f), size, rng)
+            image = image + rng.uniform(0.15, 0.35) * _finding_mask(int(f), size, rng)
         name = f"{patient + 1:08d}_{follow_up:03d}.png"
         Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8), mode="L").save(image_dir / name)
         labels = "|".join(findings[f] for f in np.flatnonzero(present)) or NO_FINDING

@@ -107,18 +107,20 @@ def group_split(groups: Sequence, fractions: Sequence[float], seed: int) -> list
 
 
 def build_image_transform(size: int, train: bool, augmentation: str = "standard",
-                          mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+                          mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                          hflip: bool = True) -> v2.Compose:
     """torchvision v2 pipeline from a PIL image to a normalised float tensor [3, size, size].
 
     ``augmentation`` (training only): ``none`` = resize; ``minimal`` = + horizontal flip;
     ``standard`` = random resized crop (0.8-1), flip, +-10 degree rotation, brightness/contrast;
     ``strong`` = standard + RandAugment + random erasing. Evaluation always resizes only.
+    ``hflip=False`` drops the flip where left and right differ anatomically (chest X-rays).
     """
     to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     resize = [v2.Resize((size, size), antialias=True)]
     if not train or augmentation == "none":
         return v2.Compose(resize + to_tensor)
-    flip = [v2.RandomHorizontalFlip()]
+    flip = [v2.RandomHorizontalFlip()] if hflip else []
     if augmentation == "minimal":
         return v2.Compose(resize + flip + to_tensor)
     standard = [v2.RandomResizedCrop(size, scale=(0.8, 1.0), antialias=True), *flip, v2.RandomRotation(10),

@@ -65,6 +65,7 @@ class TrainConfig:
     grad_accum_steps: int = 1
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     mixed_precision: str = "bf16"  # bf16 | fp16 | no
+    cpu: bool = False  # True: train on the CPU even when a GPU is visible
     ema: bool = True
     ema_decay: float = 0.9998
     ema_warmup: bool = False  # timm's decay warmup for short runs
@@ -73,6 +74,7 @@ class TrainConfig:
     resume: bool = False
     resume_checkpoint: str = ""  # default: <output_dir>/checkpoints/checkpoint_latest.pth
     save_every: int = 1  # epochs between checkpoint_latest writes (the last epoch is always saved)
+    save_best: bool = True  # False: still track the best metric, but write no checkpoint_best*.pth
     channels_last: str = "auto"  # auto (= on CUDA) | true | false
     compile: bool = False  # torch.compile through Accelerate's dynamo plugin
     log_every: int = 20  # optimizer steps between train-loss logs and non-finite checks
@@ -80,6 +82,8 @@ class TrainConfig:
     progress_bar: bool = True
     find_unused_parameters: bool = False  # DDP option for models with conditionally used branches
     tracker: str = "tensorboard"  # tensorboard | none
+    log_scalars: bool = True  # False: the engine logs no scalars itself (callbacks log via engine.tensorboard)
+    full_best_checkpoint: bool = False  # True: checkpoint_best also holds the resume state, like checkpoint_latest
 
 
 class NonFiniteLossError(RuntimeError):
@@ -201,10 +205,10 @@ class Engine:
                  checkpoint_extra: Mapping[str, Any] | None = None,
                  sample_weights: Sequence[float] | None = None, collate_fn=None,
                  checkpoint_names: Mapping[str, str] | None = None, log_dir: str | Path | None = None,
-                 project_name: str = "tensorboard"):
+                 project_name: str = "tensorboard", checkpoint_dir: str | Path | None = None):
         self.cfg, self.task, self.callbacks = cfg, task, list(callbacks)
         self.output_dir = Path(output_dir or cfg.output_dir)
-        self.checkpoint_dir = self.output_dir / "checkpoints"
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else self.output_dir / "checkpoints"
         self.checkpoint_names = {**self.CHECKPOINT_NAMES, **(checkpoint_names or {})}
         self.checkpoint_extra = _plain(dict(checkpoint_extra or {}))
         self.run_config = run_config
@@ -246,8 +250,7 @@ class Engine:
         self.epoch = 0
         self.history: list[dict] = []
         if cfg.resume:
-            self._resume(Path(cfg.resume_checkpoint) if cfg.resume_checkpoint
-                         else self.checkpoint_dir / self.checkpoint_names["latest"])
+            self._resume(self._resume_path())
 
         tracker_kwargs = {"tensorboard": {"purge_step": self.global_step}} if self.global_step else {}
         if cfg.tracker != "none":
@@ -267,6 +270,7 @@ class Engine:
             warnings.warn("fp16 needs a CUDA GPU; using bf16 autocast on this CPU instead", RuntimeWarning)
             precision = "bf16"
         return Accelerator(
+            cpu=cfg.cpu,
             mixed_precision=precision,
             gradient_accumulation_steps=cfg.grad_accum_steps,
             log_with=None if cfg.tracker == "none" else cfg.tracker,
@@ -332,12 +336,12 @@ class Engine:
                 "config": config, **self.checkpoint_extra}
 
     def _save(self, kind: str, epoch: int, metrics: Mapping[str, Any]) -> None:
-        if not self.accelerator.is_main_process:
+        if not self.accelerator.is_main_process or (kind != "latest" and not self.cfg.save_best):
             return
         model = self.accelerator.unwrap_model(self.model)
         if kind == "best_ema":
             state = {"model": self.ema.module.state_dict(), **self._meta(epoch, metrics)}
-        elif kind == "best":
+        elif kind == "best" and not self.cfg.full_best_checkpoint:
             state = {"model": model.state_dict(), **self._meta(epoch, metrics)}
         else:
             state = {
@@ -351,6 +355,16 @@ class Engine:
                 "rng": _rng_state(), **self._meta(epoch, metrics),
             }
         save_checkpoint(state, self.checkpoint_path(kind))
+
+    def _resume_path(self) -> Path:
+        """``resume_checkpoint`` as given, else relative to ``output_dir`` (the source recipes write
+        ``checkpoints/checkpoint_latest.pth``), else the run's own latest checkpoint."""
+        if not self.cfg.resume_checkpoint:
+            return self.checkpoint_path("latest")
+        path = Path(self.cfg.resume_checkpoint)
+        if not path.is_absolute() and not path.exists() and (self.output_dir / path).exists():
+            return self.output_dir / path
+        return path
 
     def _resume(self, path: Path) -> None:
         state = load_checkpoint(path)
@@ -385,7 +399,7 @@ class Engine:
         return self.accelerator.get_tracker("tensorboard", unwrap=True)
 
     def log(self, values: Mapping[str, Any], step: int | None = None) -> None:
-        if self.cfg.tracker != "none":
+        if self.cfg.tracker != "none" and self.cfg.log_scalars:
             self.accelerator.log(_scalars(values), step=self.global_step if step is None else step)
 
     def _prepare_batch(self, batch: Any) -> Any:
@@ -418,6 +432,7 @@ class Engine:
         acc, cfg, model = self.accelerator, self.cfg, self.model
         model.train()
         loss_sum = torch.zeros((), device=acc.device)
+        scalar_sums: dict[str, torch.Tensor] = {}  # other 0-d outputs of training_step, e.g. accuracy
         window_sum = torch.zeros((), device=acc.device)
         nonfinite = torch.zeros((), device=acc.device)
         batches, window_batches, window_start = 0, 0, self.global_step
@@ -442,6 +457,9 @@ class Engine:
             finite_loss = torch.nan_to_num(detached, nan=0.0, posinf=0.0, neginf=0.0)
             loss_sum += finite_loss
             window_sum += finite_loss
+            for key, value in outputs.items():
+                if key != "loss" and isinstance(value, torch.Tensor) and value.ndim == 0:
+                    scalar_sums[key] = scalar_sums.get(key, 0.0) + value.detach().float()
             batches += 1
             window_batches += 1
             for callback in self.callbacks:
@@ -465,7 +483,8 @@ class Engine:
                     window_batches, window_start = 0, self.global_step
         bar.close()
         self._check_finite(nonfinite, window_start)
-        return {"train/loss": acc.reduce(loss_sum, "mean").item() / max(batches, 1),
+        means = {f"train/{key}": acc.reduce(total, "mean").item() / max(batches, 1) for key, total in scalar_sums.items()}
+        return {"train/loss": acc.reduce(loss_sum, "mean").item() / max(batches, 1), **means,
                 "train/lr": self.optimizer.param_groups[0]["lr"]}
 
     @torch.no_grad()

@@ -1,0 +1,68 @@
+"""Ready-made tasks for the two common problem types, so projects do not re-write them."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .engine import Task
+from .metrics import multiclass_metrics, multilabel_metrics
+
+
+def _logits(output: Any) -> torch.Tensor:
+    """Models may return logits or a dict holding them under ``"logits"``."""
+    return output["logits"] if isinstance(output, dict) else output
+
+
+class MultiLabelTask(Task):
+    """Batch = (images, 0/1 targets [B, C]); sigmoid probabilities; AUROC/AP/F1 metrics."""
+
+    def __init__(self, loss_fn: nn.Module, class_names: Sequence[str]):
+        self.loss_fn, self.class_names = loss_fn, list(class_names)
+
+    def training_step(self, model, batch):
+        images, targets = batch
+        return self.loss_fn(_logits(model(images)), targets)
+
+    def eval_step(self, model, batch):
+        images, targets = batch
+        return {"logits": _logits(model(images)).float(), "targets": targets}
+
+    def compute_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        logits, targets = torch.from_numpy(outputs["logits"]), torch.from_numpy(outputs["targets"])
+        metrics = multilabel_metrics(outputs["targets"], torch.sigmoid(logits).numpy(), self.class_names)
+        metrics["loss"] = float(self.loss_fn(logits, targets.to(logits.dtype)))
+        return metrics
+
+
+class MultiClassTask(Task):
+    """Batch = (inputs, class index [B]); softmax probabilities; accuracy/F1/AUC metrics.
+
+    ``train_loss_fn`` may differ from the evaluation loss (e.g. soft-target CE under MixUp).
+    """
+
+    def __init__(self, loss_fn: nn.Module, class_names: Sequence[str], positive_class: int | None = None,
+                 train_loss_fn: nn.Module | None = None, batch_transform=None):
+        self.loss_fn, self.class_names, self.positive_class = loss_fn, list(class_names), positive_class
+        self.train_loss_fn = train_loss_fn or loss_fn
+        self.batch_transform = batch_transform  # e.g. MixUp/CutMix on (inputs, targets)
+
+    def training_step(self, model, batch):
+        inputs, targets = batch
+        if self.batch_transform is not None:
+            inputs, targets = self.batch_transform(inputs, targets)
+        logits = _logits(model(inputs))
+        return {"loss": self.train_loss_fn(logits.float(), targets), "logits": logits.detach(), "targets": targets}
+
+    def eval_step(self, model, batch):
+        inputs, targets = batch
+        return {"logits": _logits(model(inputs)).float(), "targets": targets}
+
+    def compute_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        logits, targets = torch.from_numpy(outputs["logits"]), torch.from_numpy(outputs["targets"]).long()
+        metrics = multiclass_metrics(outputs["targets"], torch.softmax(logits, 1).numpy(), self.class_names,
+                                     self.positive_class)
+        metrics["loss"] = float(self.loss_fn(logits, targets))
+        return metrics
