@@ -16,14 +16,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from accelerate import PartialState
 from accelerate.utils import set_seed
 
 from convnext_cxr.dataset import CXRSplits, DataConfig, build_datasets
 from convnext_cxr.loss import LossConfig, build_criterion
 from convnext_cxr.model import ModelConfig, build_model
 from shared import (EarlyStoppingConfig, Engine, MultiLabelTask, TrainConfig, export_model, load_config,
-                    multilabel_metrics, plot_pr_curves, plot_roc_curves, plot_training_curves, tune_thresholds)
+                    multilabel_metrics, plot_pr_curves, process_state, plot_roc_curves, plot_training_curves, tune_thresholds)
 
 DEFAULT_CONFIG = Path(__file__).with_name("config.yaml")
 
@@ -92,14 +91,15 @@ def write_results(engine: Engine, findings: list[str], targets: np.ndarray, prob
 def main(argv: Sequence[str] | None = None) -> dict:
     cfg = parse_config(argv)
     set_seed(cfg.train.seed)
-    with PartialState().main_process_first():
+    with process_state().main_process_first():
         splits = build_datasets(cfg.data, cfg.train.output_dir, cfg.train.seed)
     model = build_model(cfg.model, num_labels=len(splits.findings))
     task = MultiLabelTask(build_criterion(cfg.loss, splits.train.records.labels), splits.findings)
     engine = Engine(cfg.train, model, task, splits.train, splits.val, run_config=cfg,
                     checkpoint_extra={"class_names": splits.findings}, project_name="convnext_cxr")
     engine.accelerator.print(f"train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)} images, "
-                             f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
+                             f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+                             f"on {engine.accelerator.num_processes} processes")
     engine.fit()
     metrics = evaluate_on_test(engine, splits, use_ema=cfg.train.ema)
     engine.close()

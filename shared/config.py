@@ -31,8 +31,14 @@ def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+class _CommandLineText(str):
+    """An override as typed: kept verbatim for ``str`` fields (so ``no`` stays "no"), else parsed as YAML."""
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert a YAML-parsed value to the annotated type, or raise a ConfigError naming the key."""
+    if isinstance(value, _CommandLineText):
+        value = str(value) if tp is str else (yaml.safe_load(value) if value != "" else "")
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -57,8 +63,6 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping of {sorted(_field_types(tp))}, got {value!r}")
         return _build(tp, value, prefix=f"{key}.")
     if origin in (list, tuple, Sequence):
-        if isinstance(value, str):
-            value = yaml.safe_load(value)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         item_tp = args[0] if args else Any
@@ -141,7 +145,8 @@ def config_to_dict(cfg: Any) -> dict:
 
 
 def parse_overrides(argv: Sequence[str]) -> dict:
-    """Turn ``--a.b VALUE`` / ``--a.b=VALUE`` / ``--set a.b=VALUE`` into a nested dict of YAML-parsed values."""
+    """Turn ``--a.b VALUE`` / ``--a.b=VALUE`` / ``--set a.b=VALUE`` into a nested dict of values
+    (parsed as YAML once the target field's type is known)."""
     nested: dict = {}
     args = list(argv)
     i = 0
@@ -163,7 +168,7 @@ def parse_overrides(argv: Sequence[str]) -> dict:
                 i += 2
         else:
             raise ConfigError(f"unexpected argument {arg!r}: use --key value or --set key=value")
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = _CommandLineText(raw)
         node = nested
         parts = key.replace("-", "_").split(".")
         for part in parts[:-1]:

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, PartialState
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import ProjectConfiguration, set_seed
 from timm.optim import create_optimizer_v2
@@ -84,6 +84,12 @@ class TrainConfig:
     tracker: str = "tensorboard"  # tensorboard | none
     log_scalars: bool = True  # False: the engine logs no scalars itself (callbacks log via engine.tensorboard)
     full_best_checkpoint: bool = False  # True: checkpoint_best also holds the resume state, like checkpoint_latest
+
+
+def process_state() -> PartialState:
+    """The distributed state. On a machine without CUDA, ask for CPU explicitly: Accelerate only then
+    turns a multi-process launch (torchrun / accelerate launch) into gloo DDP instead of N lone runs."""
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 class NonFiniteLossError(RuntimeError):
@@ -317,8 +323,11 @@ class Engine:
         cfg = self.cfg
         if cfg.scheduler == "none":
             return None
+        # Warmup is a prefix and the decay spans the remaining epochs, so the peak lr is reached
+        # exactly when warmup ends and min_lr exactly at the last step.
         scheduler, _ = create_scheduler_v2(
-            self.optimizer, sched=cfg.scheduler, num_epochs=cfg.epochs, decay_epochs=cfg.decay_epochs,
+            self.optimizer, sched=cfg.scheduler, num_epochs=max(cfg.epochs - cfg.warmup_epochs, 1e-3),
+            warmup_prefix=True, decay_epochs=cfg.decay_epochs,
             patience_epochs=int(cfg.decay_epochs), decay_rate=cfg.decay_rate, min_lr=cfg.min_lr,
             warmup_lr=cfg.lr * cfg.warmup_start_factor,
             warmup_epochs=cfg.warmup_epochs, plateau_mode=cfg.early_stopping.mode,
