@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.cache import ImageCache, cache_size_for
 from shared.cxr14 import FINDINGS, ChestXray14Dataset, CXRRecords, load_records, make_synthetic_cxr, split_records
 from shared.data import DataError, build_image_transform
 
@@ -19,6 +20,8 @@ class DataConfig:
     train_val_list: str = ""  # NIH's official split files; both or neither
     test_list: str = ""
     on_bad_image: str = "error"  # error | skip (skip decodes every image once up front)
+    cache_dir: str = ""  # preprocessed cache (prepare_cache.py); used when built, raw files otherwise
+    cache_margin: float = 0.15  # cached images are image_size * (1 + margin) for random crops
     demo: bool = False  # generate and use a synthetic demo set under <output_dir>/demo_data
     demo_num_images: int = 900
 
@@ -47,14 +50,32 @@ def resolve_data_paths(cfg: DataConfig, output_dir: str | Path, seed: int) -> tu
     return image_dir, csv_path
 
 
+def split_cxr_records(cfg: DataConfig, output_dir: str | Path, seed: int = 42) -> tuple[CXRRecords, ...]:
+    """Train/val/test records by patient (or NIH's official lists)."""
+    image_dir, csv_path = resolve_data_paths(cfg, output_dir, seed)
+    records = load_records(csv_path, image_dir, cfg.findings, cfg.on_bad_image)
+    return split_records(records, cfg.split_fractions, seed, cfg.train_val_list or None, cfg.test_list or None)
+
+
+def split_caches(cfg: DataConfig, splits: tuple[CXRRecords, ...]) -> list[ImageCache | None]:
+    """One cache per split, keyed by its images and the cached size; None when caching is off."""
+    if not cfg.cache_dir:
+        return [None] * len(splits)
+    size = cache_size_for(cfg.image_size, cfg.cache_margin)
+    return [ImageCache(cfg.cache_dir, records.paths, size, mode="L") for records in splits]
+
+
 def build_datasets(cfg: DataConfig, output_dir: str | Path, seed: int = 42) -> CXRSplits:
     """Patient-level train/val/test datasets. Under several processes call it inside
-    ``PartialState().main_process_first()`` so only one process writes the demo set."""
-    image_dir, csv_path = resolve_data_paths(cfg, output_dir, seed)
-    records: CXRRecords = load_records(csv_path, image_dir, cfg.findings, cfg.on_bad_image)
-    train, val, test = split_records(records, cfg.split_fractions, seed, cfg.train_val_list or None,
-                                     cfg.test_list or None)
+    ``process_state().main_process_first()`` so only one process writes the demo set."""
+    splits = split_cxr_records(cfg, output_dir, seed)
+    caches = split_caches(cfg, splits)
+    if any(cache is not None and not cache.ready for cache in caches):
+        print(f"no finished image cache in {cfg.cache_dir} for image_size {cfg.image_size}: reading the original "
+              "files (build it once with convnext_cxr/prepare_cache.py)")
+        caches = [None] * len(splits)
     train_tf = build_image_transform(cfg.image_size, train=True, augmentation=cfg.augmentation, hflip=False)
     eval_tf = build_image_transform(cfg.image_size, train=False)
-    return CXRSplits(ChestXray14Dataset(train, train_tf), ChestXray14Dataset(val, eval_tf),
-                     ChestXray14Dataset(test, eval_tf), list(cfg.findings))
+    transforms = (train_tf, eval_tf, eval_tf)
+    train, val, test = (ChestXray14Dataset(r, tf, c) for r, tf, c in zip(splits, transforms, caches))
+    return CXRSplits(train, val, test, list(cfg.findings))

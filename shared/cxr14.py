@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .cache import ImageCache
 from .data import DataError, IMAGE_EXTENSIONS, describe_bad_images, find_unreadable_images, group_split, load_image
 
 FINDINGS = (
@@ -154,16 +155,23 @@ def split_records(records: CXRRecords, fractions: Sequence[float] = (0.7, 0.15, 
 
 
 class ChestXray14Dataset(Dataset):
-    """(image tensor, 0/1 label vector). Grayscale X-rays are replicated to 3 channels for ImageNet backbones."""
+    """(image tensor, 0/1 label vector). Grayscale X-rays are replicated to 3 channels for ImageNet backbones.
 
-    def __init__(self, records: CXRRecords, transform=None):
-        self.records, self.transform = records, transform
+    With a built :class:`~shared.cache.ImageCache` of the same records, images come from the cache
+    (already decoded and resized) instead of the original files.
+    """
+
+    def __init__(self, records: CXRRecords, transform=None, cache: ImageCache | None = None):
+        if cache is not None and cache.paths != [str(p) for p in records.paths]:
+            raise ValueError("the image cache was built for a different list of images")
+        self.records, self.transform, self.cache = records, transform, cache
 
     def __len__(self) -> int:
         return len(self.records)
 
     def load(self, index: int) -> Image.Image:
-        return load_image(self.records.paths[index], mode="L").convert("RGB")
+        image = self.cache[index] if self.cache is not None else load_image(self.records.paths[index], mode="L")
+        return image.convert("RGB")
 
     def __getitem__(self, index: int):
         image = self.load(index)
@@ -225,7 +233,7 @@ def make_synthetic_cxr(out_dir: str | Path, num_images: int = 600, size: int = 6
         for f in np.flatnonzero(present):
             image = image + rng.uniform(0.15, 0.35) * _finding_mask(int(f), size, rng)
         name = f"{patient + 1:08d}_{follow_up:03d}.png"
-        Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8), mode="L").save(image_dir / name)
+        Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).save(image_dir / name)
         labels = "|".join(findings[f] for f in np.flatnonzero(present)) or NO_FINDING
         rows.append({"Image Index": name, "Finding Labels": labels, "Follow-up #": follow_up,
                      "Patient ID": patient + 1})
