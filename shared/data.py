@@ -77,14 +77,13 @@ def stratified_split(labels: Sequence[int], fractions: Sequence[float], seed: in
     if not np.isclose(sum(fractions), 1.0):
         raise ValueError(f"split fractions must sum to 1, got {fractions}")
     remaining = np.arange(len(labels))
-    parts, left = [], 1.0
+    parts = []
     for fraction in fractions[:-1]:
-        share = fraction / left
+        take_count = int(round(fraction * len(labels)))  # whole counts: 0.15 / 0.3 is 0.4999... in floats
         counts = np.bincount(labels[remaining])
         stratify = labels[remaining] if counts[counts > 0].min() >= 2 else None
-        take, remaining = train_test_split(remaining, train_size=share, random_state=seed, stratify=stratify)
+        take, remaining = train_test_split(remaining, train_size=take_count, random_state=seed, stratify=stratify)
         parts.append(np.sort(take))
-        left -= fraction
     parts.append(np.sort(remaining))
     return parts
 

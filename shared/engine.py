@@ -275,8 +275,11 @@ class Engine:
         if precision == "fp16" and not torch.cuda.is_available():
             warnings.warn("fp16 needs a CUDA GPU; using bf16 autocast on this CPU instead", RuntimeWarning)
             precision = "bf16"
+        # Without CUDA, CPU must be asked for explicitly, or a multi-process launch is not turned into DDP.
+        force_cpu = cfg.cpu or not torch.cuda.is_available()
+        PartialState(cpu=force_cpu)
         return Accelerator(
-            cpu=cfg.cpu,
+            cpu=force_cpu,
             mixed_precision=precision,
             gradient_accumulation_steps=cfg.grad_accum_steps,
             log_with=None if cfg.tracker == "none" else cfg.tracker,

@@ -1,0 +1,194 @@
+"""ConvNeXtTrainer on the shared engine: MixUp/CutMix combinations, weight decay groups, learning,
+and the flowers command line from training to prediction."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from convnext_v2.ConvNeXtModelV1 import ConvNeXt
+from convnext_v2.ConvNeXtModelV2 import ConvNeXtV2
+from convnext_v2.data import build_eval_transform, class_folder, split_class_folder
+from convnext_v2.mixing import MixUpCutMix
+from convnext_v2.predict_flowers import main as predict_main
+from convnext_v2.train import ConvNeXtTrainer, default_train_config, resolve_precision
+from convnext_v2.train_flowers import main as flowers_main
+from shared import CheckpointError
+
+COLOURS = {"blue": (30, 30, 210), "green": (30, 190, 40), "red": (210, 30, 30)}
+TINY = dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32))
+
+
+@pytest.fixture(scope="module")
+def colour_folders(tmp_path_factory):
+    """A class-folder dataset anyone can learn: 16 noisy 40x40 images per colour."""
+    root = tmp_path_factory.mktemp("colours")
+    rng = np.random.default_rng(0)
+    for name, rgb in COLOURS.items():
+        (root / name).mkdir()
+        for i in range(16):
+            pixels = np.clip(np.array(rgb) + rng.normal(0, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def colour_splits(colour_folders):
+    transform = build_eval_transform(32)
+    return split_class_folder(colour_folders, [0.75, 0.25], seed=0, transforms=[transform, transform])
+
+
+def quick_config(tmp_path, **overrides):
+    values = dict(output_dir=str(tmp_path), epochs=1, batch_size=5, num_workers=0, lr=2e-3, warmup_epochs=0,
+                  tracker="none", progress_bar=False, log_every=1, ema_decay=0.5)
+    return default_train_config(**{**values, **overrides})
+
+
+def test_mixup_cutmix_and_label_smoothing_targets():
+    images, labels = torch.rand(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 0, 1])
+    # Neither: smoothed one-hot, 0.1 spread over 4 classes.
+    out, targets = MixUpCutMix(4, mixup=False, cutmix=False, label_smoothing=0.1)(images, labels)
+    assert torch.equal(out, images)
+    assert torch.allclose(targets, torch.nn.functional.one_hot(labels, 4) * 0.9 + 0.025)
+    # MixUp: image i = lam * x_i + (1 - lam) * x_{i-1}, and the target mixes the labels the same way.
+    torch.manual_seed(0)
+    out, targets = MixUpCutMix(4, mixup=True, cutmix=False, label_smoothing=0.0)(images, labels)
+    lam = targets[0, labels[0]].item()
+    assert 0 < lam < 1 and torch.allclose(targets.sum(1), torch.ones(6))
+    assert torch.allclose(out, lam * images + (1 - lam) * images.roll(1, 0), atol=1e-6)
+    # CutMix: every pixel comes from the image itself or its neighbour.
+    out, targets = MixUpCutMix(4, mixup=False, cutmix=True, label_smoothing=0.2)(images, labels)
+    from_self, from_neighbour = out == images, out == images.roll(1, 0)
+    assert bool((from_self | from_neighbour).all())
+    assert torch.allclose(targets.sum(1), torch.ones(6)) and targets.min() >= 0.2 / 4 - 1e-6
+
+
+@pytest.mark.parametrize("mixup", [True, False])
+@pytest.mark.parametrize("cutmix", [True, False])
+def test_every_mixup_cutmix_combination_trains_a_step(tmp_path, colour_splits, mixup, cutmix):
+    torch.manual_seed(0)
+    model = ConvNeXtV2(num_classes=3, **TINY)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = ConvNeXtTrainer(model, device="cpu", use_amp=True, use_mixup=mixup, use_cutmix=cutmix,
+                              label_smoothing=0.1, config=quick_config(tmp_path, limit_train_batches=2))
+    history = trainer.train(colour_splits[0], colour_splits[1])  # batch 5: odd batches must work too
+    assert np.isfinite(history[0]["train/loss"]) and 0 <= history[0]["val/accuracy"] <= 1
+    assert trainer.engine.global_step == 2
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert "head.weight" in changed and "stages.0.0.grn.gamma" in changed
+
+
+@pytest.mark.parametrize("model_cls", [ConvNeXt, ConvNeXtV2])
+def test_optimizer_skips_decay_for_norms_biases_layer_scale_and_grn(tmp_path, colour_splits, model_cls):
+    model = model_cls(num_classes=3, **TINY)
+    trainer = ConvNeXtTrainer(model, device="cpu", config=quick_config(tmp_path, limit_train_batches=1))
+    trainer.setup_optimizer(learning_rate=3e-3, weight_decay=0.07)
+    trainer.train(colour_splits[0])
+    names = {id(p): name for name, p in model.named_parameters()}
+    by_decay = {}
+    for group in trainer.engine.optimizer.param_groups:
+        assert group["lr"] > 0
+        by_decay.setdefault(group["weight_decay"], set()).update(names[id(p)] for p in group["params"])
+    assert set(by_decay) == {0.0, 0.07}
+    assert by_decay[0.0] == model.no_weight_decay()
+    assert all(p.ndim >= 2 for name, p in model.named_parameters() if name in by_decay[0.07])
+
+
+def test_setup_scheduler_and_precision_choices(tmp_path):
+    trainer = ConvNeXtTrainer(ConvNeXtV2(num_classes=3, **TINY), device="cpu", config=quick_config(tmp_path))
+    trainer.setup_scheduler(scheduler_type="step", epochs=12, warmup_epochs=2, step_size=4, gamma=0.5)
+    cfg = trainer.config
+    assert (cfg.scheduler, cfg.epochs, cfg.warmup_epochs, cfg.decay_epochs, cfg.decay_rate) == ("step", 12, 2, 4, 0.5)
+    assert cfg.cpu and cfg.mixed_precision == resolve_precision(True)
+    with pytest.raises(ValueError, match="scheduler_type"):
+        trainer.setup_scheduler(scheduler_type="onecycle")
+    with pytest.raises(ValueError, match="device"):
+        ConvNeXtTrainer(ConvNeXtV2(**TINY), device="tpu")
+    assert resolve_precision(False) == "no" and resolve_precision("fp16") == "fp16"
+    if not torch.cuda.is_available():
+        assert resolve_precision(True) == "no"  # CPU autocast would only slow these convolutions down
+
+
+def test_short_run_learns_from_dataloaders(tmp_path, colour_splits):
+    torch.manual_seed(0)
+    model = ConvNeXtV2(num_classes=3, **TINY)
+    trainer = ConvNeXtTrainer(model, device="cpu", use_mixup=False, use_cutmix=False, label_smoothing=0.0,
+                              config=quick_config(tmp_path, ema=False))
+    trainer.setup_optimizer(learning_rate=3e-3, weight_decay=0.05)
+    trainer.setup_scheduler("cosine", epochs=6, warmup_epochs=0)
+    train_loader = DataLoader(colour_splits[0], batch_size=6, shuffle=True)
+    history = trainer.train(train_loader, DataLoader(colour_splits[1], batch_size=6), epochs=8)
+    assert trainer.engine.cfg.batch_size == 6 and trainer.engine.cfg.epochs == 8  # the loader's batch size
+    losses = [h["train/loss"] for h in history]
+    assert losses[-1] < 0.5 * losses[0]
+    assert history[-1]["val/accuracy"] >= 0.9
+    assert history[-1]["train/accuracy"] > history[0]["train/accuracy"]
+    assert (tmp_path / "training_curves.png").stat().st_size > 10_000
+    assert trainer.evaluate(colour_splits[1])["accuracy"] == history[-1]["val/accuracy"]
+
+
+def test_trainer_checks_class_count(tmp_path, colour_splits):
+    trainer = ConvNeXtTrainer(ConvNeXtV2(num_classes=5, **TINY), device="cpu", config=quick_config(tmp_path))
+    with pytest.raises(ValueError, match="5 outputs but there are 3 classes"):
+        trainer.train(colour_splits[0])
+    with pytest.raises(RuntimeError, match="train"):
+        trainer.evaluate(colour_splits[1])
+
+
+@pytest.fixture(scope="module")
+def flowers_run(tmp_path_factory, colour_folders):
+    """train_flowers.py end to end on the colour folders with convnextv2_atto at 32 px."""
+    out = tmp_path_factory.mktemp("flowers_run")
+    results = flowers_main([
+        "--data-dir", str(colour_folders), "--model", "convnextv2_atto", "--image-size", "32",
+        "--mix.mixup", "false", "--mix.cutmix", "false", "--augment.random_erasing", "0",
+        "--set", f"train.output_dir={out}", "--train.epochs", "6", "--train.batch_size", "8",
+        "--train.num_workers", "0", "--train.lr", "2e-3", "--train.warmup_epochs", "0",
+        "--train.tracker", "none", "--train.progress_bar", "false", "--train.ema_decay", "0.8",
+    ])
+    return out, results
+
+
+def test_train_flowers_splits_70_15_15_and_evaluates_the_test_part(flowers_run):
+    out, results = flowers_run
+    assert len(results["history"]) == 6
+    assert results["test"]["accuracy"] >= 0.8
+    saved = json.loads((out / "test_metrics.json").read_text())
+    assert saved["accuracy"] == results["test"]["accuracy"] and saved["weights"] in ("ema", "raw")
+    assert sum(sum(row) for row in saved["confusion_matrix"]) == 48 - 33 - 7  # the 15% test part
+    for name in ("training_curves.png", "confusion_matrix.png", "config.yaml", "history.json"):
+        assert (out / name).is_file()
+
+
+def test_predict_returns_the_right_class_names(flowers_run, colour_folders, tmp_path, capsys):
+    out, _ = flowers_run
+    checkpoint = out / "checkpoints" / "checkpoint_best.pth"
+    for colour in COLOURS:
+        chart = tmp_path / f"{colour}.png"
+        top = predict_main(["--image", str(colour_folders / colour / "0.png"), "--model", str(checkpoint),
+                            "--cpu", "--model_type", "v2", "--top-k", "3", "--output", str(chart)])
+        assert [name for name, _ in top][0] == colour
+        assert sorted(name for name, _ in top) == sorted(COLOURS)
+        assert sum(p for _, p in top) == pytest.approx(1.0, abs=1e-5) and chart.stat().st_size > 5_000
+    assert "1. red" in capsys.readouterr().out
+
+
+def test_predict_explains_bad_input(flowers_run, colour_folders, tmp_path):
+    out, _ = flowers_run
+    image = str(colour_folders / "red" / "0.png")
+    with pytest.raises(ValueError, match="--model_type v1, but .* holds convnextv2_atto, a v2 model"):
+        predict_main(["--image", image, "--model", str(out / "checkpoints" / "checkpoint_best.pth"),
+                      "--model_type", "v1", "--cpu", "--output", str(tmp_path / "x.png")])
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        predict_main(["--image", image, "--model", str(tmp_path / "none.pth"), "--cpu"])
+    torch.save({"model": {}}, tmp_path / "foreign.pth")
+    with pytest.raises(CheckpointError, match="lacks \\['model_name', 'class_names'\\]"):
+        predict_main(["--image", image, "--model", str(tmp_path / "foreign.pth"), "--cpu"])
+
+
+def test_class_folder_checks_classes(colour_folders):
+    with pytest.raises(ValueError, match="expected the training classes"):
+        class_folder(colour_folders, build_eval_transform(32), class_names=["cat", "dog"])
