@@ -1,0 +1,140 @@
+"""Data pipeline: images/s from raw full-size PNGs vs the preprocessed cache, with 0, 1 and 2 workers.
+
+The script writes its own 1024x1024 grayscale PNGs (chest-X-ray-like: smooth anatomy plus noise),
+feeds them through convnext_cxr's training dataset (decode, grayscale->RGB, augment, resize to the
+training size) and through the same dataset reading the memmap cache, and compares with the same
+rows stored as Hugging Face ``datasets`` Arrow files. A 3D section compares per-epoch torchio
+preprocessing of NIfTI volumes with reading preprocessed volumes (see alzheimer_mosa).
+
+    python bench/data_pipeline.py [--images 64 --image-size 224 --workers 0 1 2]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from bench.common import print_table, write_json
+from shared.cache import ImageCache, cache_size_for
+from shared.cxr14 import CXRRecords, ChestXray14Dataset, FINDINGS
+from shared.data import build_image_transform
+
+
+def write_pngs(folder: Path, count: int, size: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    base = 90 + 60 * np.exp(-(((yy - 0.55) / 0.3) ** 2 + ((xx - 0.5) / 0.35) ** 2))
+    paths = []
+    for i in range(count):
+        image = np.clip(base + rng.normal(0, 12, (size, size)), 0, 255).astype(np.uint8)
+        paths.append(folder / f"{i:08d}_000.png")
+        Image.fromarray(image).save(paths[-1])
+    return paths
+
+
+def images_per_second(dataset, workers: int, batch_size: int, epochs: int = 2) -> float:
+    """Throughput of full passes (worker start-up is paid once, as with persistent workers)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                        persistent_workers=workers > 0)
+    next(iter(loader))  # start workers, warm caches
+    start = time.perf_counter()
+    seen = 0
+    for _ in range(epochs):
+        for images, _ in loader:
+            seen += images.shape[0]
+    return seen / (time.perf_counter() - start)
+
+
+class ArrowRows(torch.utils.data.Dataset):
+    """The cached rows read back from a Hugging Face ``datasets`` Arrow table instead of the memmap."""
+
+    def __init__(self, table, labels, transform):
+        self.table, self.labels, self.transform = table, labels, transform
+
+    def __len__(self):
+        return len(self.table)
+
+    def __getitem__(self, index):
+        image = Image.fromarray(np.asarray(self.table[index]["image"], dtype=np.uint8)).convert("RGB")
+        return self.transform(image), torch.from_numpy(self.labels[index])
+
+
+def arrow_copy(cache: ImageCache, folder: Path):
+    import datasets
+    rows = np.load(cache.dir / "rows.npy", mmap_mode="r")
+    features = datasets.Features({"image": datasets.Array2D(shape=rows.shape[1:], dtype="uint8")})
+    table = datasets.Dataset.from_dict({"image": list(np.asarray(rows))}, features=features)
+    table.save_to_disk(folder)
+    return datasets.load_from_disk(folder).with_format("numpy")
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--source-size", type=int, default=1024)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--skip-3d", action="store_true", help="only the 2D chest X-ray pipeline")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="bench_data_"))
+    paths = write_pngs(work / "png", args.images, args.source_size)
+    labels = (np.random.default_rng(1).random((len(paths), len(FINDINGS))) > 0.8).astype(np.float32)
+    records = CXRRecords([p.name for p in paths], paths, labels, np.array([p.stem[:8] for p in paths]))
+    transform = build_image_transform(args.image_size, train=True, augmentation="standard", hflip=False)
+    cache = ImageCache(work / "cache", paths, cache_size_for(args.image_size, 0.15))
+    build_seconds = time.perf_counter()
+    cache.build(progress=False)
+    build_seconds = time.perf_counter() - build_seconds
+    arrow = arrow_copy(cache, work / "arrow")
+
+    raw_ds = ChestXray14Dataset(records, transform)
+    cached_ds = ChestXray14Dataset(records, transform, cache)
+    arrow_ds = ArrowRows(arrow, labels, transform)
+    rows, results = [], []
+    for workers in args.workers:
+        raw = images_per_second(raw_ds, workers, args.batch_size)
+        cached = images_per_second(cached_ds, workers, args.batch_size)
+        via_arrow = images_per_second(arrow_ds, workers, args.batch_size)
+        rows.append([workers, raw, cached, via_arrow, cached / raw, cached / via_arrow])
+        results.append({"workers": workers, "raw_png": raw, "memmap_cache": cached, "arrow_cache": via_arrow,
+                        "cache_vs_raw": cached / raw, "memmap_vs_arrow": cached / via_arrow})
+    print(f"\n2D: {args.images} PNGs of {args.source_size}px -> {args.image_size}px training crops; "
+          f"cache build {build_seconds:.1f}s ({args.images / build_seconds:.1f} img/s, one-time)")
+    table = print_table(["workers", "raw PNG img/s", "memmap cache img/s", "Arrow cache img/s",
+                         "cache / raw", "memmap / Arrow"], rows)
+    payload = {"benchmark": "data_pipeline", "args": vars(args), "2d": results, "2d_table": table,
+               "cache_build_seconds": build_seconds}
+    if not args.skip_3d:
+        payload.update(volume_benchmark(work, args.workers))
+    write_json("data_pipeline", payload, args.out)
+    return payload
+
+
+def volume_benchmark(work: Path, workers: Sequence[int]) -> dict:
+    """3D: per-epoch torchio preprocessing of NIfTI volumes vs preprocessed volumes (alzheimer_mosa)."""
+    from alzheimer_mosa.bench_support import volume_pipelines
+    rows, results = [], []
+    for name_raw, raw_ds, name_cached, cached_ds in [volume_pipelines(work / "volumes")]:
+        for w in workers:
+            raw = images_per_second(raw_ds, w, 2, epochs=1)
+            cached = images_per_second(cached_ds, w, 2, epochs=1)
+            rows.append([w, raw, cached, cached / raw])
+            results.append({"workers": w, name_raw: raw, name_cached: cached, "cache_vs_raw": cached / raw})
+    print("\n3D: volumes/s")
+    table = print_table(["workers", "torchio per epoch vol/s", "preprocessed vol/s", "cache / raw"], rows)
+    return {"3d": results, "3d_table": table}
+
+
+if __name__ == "__main__":
+    main()

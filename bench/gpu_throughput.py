@@ -1,0 +1,182 @@
+"""Training throughput of three recipes, as images/s, achieved TFLOP/s and fraction of measured peak.
+
+Recipes (same model, data and batch):
+  a_source   the source repos' recipe: fp16 autocast + GradScaler, NCHW, plain AdamW, an EMA that
+             rebuilds every weight tensor each step (``ema = d * ema + (1 - d) * w`` per tensor)
+  b_default  this project's default: bf16 autocast, channels_last, fused AdamW, timm ModelEmaV3
+             (in-place foreach lerp)
+  c_compile  b_default + torch.compile
+
+FLOPs per step are counted with ``torch.utils.flop_counter`` (forward + backward); the peak is a large
+bf16 matmul measured in the same run (fp32 on CPU). Runs on CPU with ``--small`` so it stays tested;
+the real numbers need an NVIDIA GPU:
+
+    python bench/gpu_throughput.py                       # convnext_cxr default model, 224 and 512 px
+    python bench/gpu_throughput.py --small --steps 3     # CPU smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+from timm.utils import ModelEmaV3
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.common import print_table, timed, write_json
+from shared.losses import AsymmetricLoss
+
+
+@dataclass
+class Workload:
+    """A model and how to make a batch for it; ``sizes`` are the input sizes to measure."""
+    build: Callable[[], nn.Module]
+    make_batch: Callable[[int, int, torch.device], tuple]
+    loss_fn: nn.Module
+    sizes: tuple[int, ...]
+    batch_size: int
+
+
+def _cxr(small: bool) -> Workload:
+    from convnext_cxr.model import CXRClassifier, ModelConfig
+    cfg = (ModelConfig(backbone="convnext_atto", pretrained=False, embed_dim=64, num_heads=4, head_hidden_dim=32)
+           if small else ModelConfig(pretrained=False))
+
+    def batch(n, size, device):
+        return torch.randn(n, 3, size, size, device=device), (torch.rand(n, 14, device=device) > 0.8).float()
+    return Workload(lambda: CXRClassifier(cfg), batch, AsymmetricLoss(), (64,) if small else (224, 512),
+                    4 if small else 32)
+
+
+WORKLOADS: dict[str, Callable[[bool], Workload]] = {"convnext_cxr": _cxr}
+
+
+class FullCopyEMA:
+    """The source repos' EMA: a new tensor per weight per step (no foreach, no in-place lerp)."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.9998):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for key, value in model.state_dict().items():
+            if value.is_floating_point():
+                self.shadow[key] = self.decay * self.shadow[key] + (1 - self.decay) * value.detach()
+            else:
+                self.shadow[key] = value.detach().clone()
+
+
+RECIPES = {
+    "a_source": dict(dtype=torch.float16, channels_last=False, fused=False, ema="full_copy", compile=False),
+    "b_default": dict(dtype=torch.bfloat16, channels_last=True, fused=True, ema="timm_v3", compile=False),
+    "c_compile": dict(dtype=torch.bfloat16, channels_last=True, fused=True, ema="timm_v3", compile=True),
+}
+
+
+def matmul_peak_tflops(device: torch.device) -> float:
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    iters = 50 if device.type == "cuda" else 5
+    seconds = timed(lambda: [a @ b for _ in range(iters)])
+    return 2 * n ** 3 * iters / seconds / 1e12
+
+
+def count_flops(workload: Workload, size: int, batch_size: int) -> int:
+    model = workload.build()
+    inputs, targets = workload.make_batch(batch_size, size, torch.device("cpu"))
+    with FlopCounterMode(display=False) as counter:
+        workload.loss_fn(model(inputs), targets).backward()
+    return counter.get_total_flops()
+
+
+def run_recipe(workload: Workload, recipe: dict, size: int, batch_size: int, steps: int, warmup: int,
+               device: torch.device, base_model: nn.Module) -> dict:
+    model = copy.deepcopy(base_model).to(device)
+    if recipe["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    fused = recipe["fused"] and device.type == "cuda"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused, foreach=None if fused else False)
+    scaler = torch.amp.GradScaler(device.type) if recipe["dtype"] == torch.float16 else None
+    ema = FullCopyEMA(model) if recipe["ema"] == "full_copy" else ModelEmaV3(model, decay=0.9998)
+    step_model = torch.compile(model) if recipe["compile"] else model
+    inputs, targets = workload.make_batch(batch_size, size, device)
+    if recipe["channels_last"] and inputs.ndim == 4:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+
+    def step():
+        with torch.autocast(device.type, dtype=recipe["dtype"]):
+            loss = workload.loss_fn(step_model(inputs), targets)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(model)
+
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seconds = timed(lambda: [step() for _ in range(steps)])
+    peak_gb = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else float("nan")
+    return {"images_per_s": steps * batch_size / seconds, "seconds_per_step": seconds / steps, "peak_mem_gb": peak_gb}
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["convnext_cxr"], choices=sorted(WORKLOADS))
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="override the model's sizes")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--small", action="store_true", help="tiny model variant (CPU smoke run)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+    peak = matmul_peak_tflops(device)
+    print(f"measured matmul peak: {peak:.3g} TFLOP/s ({'bf16' if device.type == 'cuda' else 'fp32'}, {device})")
+    rows, results = [], []
+    for name in args.models:
+        workload = WORKLOADS[name](args.small)
+        batch_size = args.batch_size or workload.batch_size
+        for size in args.sizes or workload.sizes:
+            torch.manual_seed(0)
+            base_model = workload.build()
+            flops = count_flops(workload, size, batch_size)
+            baseline = None
+            for recipe in args.recipes:
+                r = run_recipe(workload, RECIPES[recipe], size, batch_size, args.steps, args.warmup, device, base_model)
+                tflops = flops / r["seconds_per_step"] / 1e12
+                baseline = baseline or r["images_per_s"]
+                result = {"model": name, "size": size, "recipe": recipe, "batch_size": batch_size,
+                          "gflops_per_step": flops / 1e9, "achieved_tflops": tflops, "fraction_of_peak": tflops / peak,
+                          "speedup_vs_first": r["images_per_s"] / baseline, **r}
+                results.append(result)
+                rows.append([name, size, recipe, batch_size, r["images_per_s"], tflops, f"{100 * tflops / peak:.1f}%",
+                             r["peak_mem_gb"], r["images_per_s"] / baseline])
+    table = print_table(["model", "size", "recipe", "batch", "img/s", "TFLOP/s", "of peak", "peak mem GB",
+                         f"x {args.recipes[0]}"], rows)
+    payload = {"benchmark": "gpu_throughput", "args": vars(args), "device": str(device),
+               "matmul_peak_tflops": peak, "results": results, "table": table}
+    write_json("gpu_throughput" + ("_small" if args.small else ""), payload, args.out)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
