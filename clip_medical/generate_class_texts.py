@@ -1,0 +1,55 @@
+"""Write a class-texts JSON file ({"class": "description"}) for the class folders of a dataset.
+
+Step 1 of the guide's recommended method: generate from a template (or type each description with
+``--interactive``), then edit the file and pass it to ``train_clip.py --class-texts-file``.
+
+    python clip_medical/generate_class_texts.py --data-dir single_label_data --output class_texts.json \\
+        --template "这是一张{class_name}的医学图像"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+from shared import scan_class_folders
+from clip_medical.data import format_template
+
+DEFAULT_TEMPLATE = "这是一张{class_name}的医学图像"
+
+
+def generate_class_texts(class_names: Sequence[str], template: str = DEFAULT_TEMPLATE, interactive: bool = False,
+                         ask: Callable[[str], str] = input) -> dict[str, str]:
+    """Template text per class; with ``interactive`` each is offered as the default of a prompt."""
+    texts = {}
+    for name in class_names:
+        default = format_template(template, name)
+        answer = ask(f"{name} [{default}]: ").strip() if interactive else ""
+        texts[name] = answer or default
+    return texts
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, str]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", required=True, help="class-folder root: one folder per class")
+    parser.add_argument("--output", required=True, help="JSON file to write")
+    parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="must contain {class_name}")
+    parser.add_argument("--interactive", action="store_true", help="type a description for each class")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    args = parser.parse_args(argv)
+
+    output = Path(args.output)
+    if output.exists() and not args.force:
+        raise FileExistsError(f"{output} exists (it may hold edited descriptions); pass --force to overwrite")
+    _, class_names = scan_class_folders(args.data_dir)
+    texts = generate_class_texts(class_names, args.template, args.interactive)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(texts, ensure_ascii=False, indent=2), encoding="utf-8")
+    print(f"wrote {len(texts)} class texts to {output}")
+    return texts
+
+
+if __name__ == "__main__":
+    main()
