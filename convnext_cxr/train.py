@@ -21,7 +21,7 @@ from accelerate.utils import set_seed
 from convnext_cxr.dataset import CXRSplits, DataConfig, build_datasets
 from convnext_cxr.loss import LossConfig, build_criterion
 from convnext_cxr.model import ModelConfig, build_model
-from shared import (EarlyStoppingConfig, Engine, MultiLabelTask, TrainConfig, export_model, load_config,
+from shared import (EarlyStoppingConfig, config_to_dict, Engine, MultiLabelTask, TrainConfig, export_model, load_config,
                     multilabel_metrics, plot_pr_curves, process_state, plot_roc_curves, plot_training_curves, tune_thresholds)
 
 DEFAULT_CONFIG = Path(__file__).with_name("config.yaml")
@@ -84,7 +84,7 @@ def write_results(engine: Engine, findings: list[str], targets: np.ndarray, prob
     plot_pr_curves(targets, probs, findings, results / "pr_curves.png", title="Test precision-recall")
     model = engine.ema.module if engine.ema is not None else engine.accelerator.unwrap_model(engine.model)
     export_model(model, engine.output_dir / "export", class_names=findings, thresholds=thresholds.tolist(),
-                 config=engine._meta(0, {})["config"])
+                 config=config_to_dict(engine.run_config))
     print("\n".join(f"  {row}" for row in rows))
 
 
