@@ -1,0 +1,83 @@
+"""torchio preprocessing and training augmentation for 3D volumes.
+
+Every split: canonical (RAS+) orientation -> foreground crop -> resize (or centre crop/pad) to
+``target_size``. Training only: flip, affine, bias field and gamma. Every split: intensity
+normalisation (z-score or percentile rescale). Training only: Gaussian noise, last, so its ``std`` is in
+normalised units. The intensity augmentations run before the normalisation so every tensor that leaves
+the pipeline is normalised. Tensors are ``(C, X, Y, Z)`` in array-axis order of the RAS+ image.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchio as tio
+
+from alzheimer_mosa.config import AugmentConfig, DataConfig
+
+IMAGE_KEY = "image"
+
+
+class ForegroundCrop(tio.SpatialTransform):
+    """Crop to the bounding box of voxels brighter than the volume's minimum, plus ``margin`` voxels.
+
+    The minimum is the background of both MRI (0) and CT (air / padding value), so the box holds the
+    head or body; an all-constant volume is left as it is.
+    """
+
+    def __init__(self, margin: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.margin = margin
+        self.args_names = ["margin"]
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        data = subject[IMAGE_KEY].data  # (C, X, Y, Z)
+        foreground = (data > data.min()).any(dim=0)
+        if not foreground.any():
+            return subject
+        coords = foreground.nonzero()
+        shape = torch.tensor(foreground.shape)
+        low = (coords.min(dim=0).values - self.margin).clamp(min=0)
+        high = (coords.max(dim=0).values + 1 + self.margin).clamp(max=shape)
+        cropped_after = shape - high
+        bounds = tuple(int(v) for axis in range(3) for v in (low[axis], cropped_after[axis]))
+        return tio.Crop(bounds)(subject)
+
+
+def _intensity_normalization(data: DataConfig) -> tio.Transform:
+    if data.normalization == "zscore":
+        return tio.ZNormalization()
+    return tio.RescaleIntensity(out_min_max=(0.0, 1.0), percentiles=tuple(data.percentile_range))
+
+
+def _sizing(data: DataConfig) -> tio.Transform:
+    target = tuple(data.target_size)
+    return tio.Resize(target) if data.size_mode == "resize" else tio.CropOrPad(target)
+
+
+def _spatial_and_intensity_augmentation(aug: AugmentConfig) -> list[tio.Transform]:
+    """Augmentations that act before normalisation; one with probability 0 is left out."""
+    transforms: list[tio.Transform] = []
+    if aug.flip_prob > 0:
+        transforms.append(tio.RandomFlip(axes=tuple(aug.flip_axes), flip_probability=aug.flip_prob))
+    if aug.affine_prob > 0:
+        transforms.append(tio.RandomAffine(scales=aug.affine_scale, degrees=aug.affine_degrees,
+                                           translation=aug.affine_translation, p=aug.affine_prob))
+    if aug.bias_field_prob > 0:
+        transforms.append(tio.RandomBiasField(coefficients=aug.bias_field_coefficients, p=aug.bias_field_prob))
+    if aug.gamma_prob > 0:
+        transforms.append(tio.RandomGamma(log_gamma=aug.log_gamma, p=aug.gamma_prob))
+    return transforms
+
+
+def build_transform(data: DataConfig, aug: AugmentConfig, train: bool) -> tio.Compose:
+    """The full pipeline for one split; ``train`` adds the random augmentations."""
+    transforms: list[tio.Transform] = [tio.ToCanonical()]
+    if data.foreground_crop:
+        transforms.append(ForegroundCrop(margin=data.foreground_margin))
+    transforms.append(_sizing(data))
+    if train:
+        transforms += _spatial_and_intensity_augmentation(aug)
+    transforms.append(_intensity_normalization(data))
+    if train and aug.noise_prob > 0:
+        transforms.append(tio.RandomNoise(std=(0.0, aug.noise_std), p=aug.noise_prob))
+    return tio.Compose(transforms)

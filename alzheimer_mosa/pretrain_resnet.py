@@ -1,0 +1,14 @@
+"""Train the 3D ResNet alone (checkpoints in ``checkpoints/resnet3d`` by default).
+
+    python alzheimer_mosa/pretrain_resnet.py [--config run.yaml] [--backbone.model_type resnet50_3d ...]
+
+Mosa can then start from it: ``train_mosa.py --backbone.pretrained true
+--backbone.pretrained_path checkpoints/resnet3d/model_best.pth.tar [--backbone.freeze_epochs 2]``.
+"""
+
+from alzheimer_mosa.config import PretrainConfig
+from alzheimer_mosa.model_builder import build_backbone
+from alzheimer_mosa.training import main
+
+if __name__ == "__main__":
+    main(PretrainConfig, build_backbone, run_name="resnet3d")

@@ -1,0 +1,67 @@
+"""Fixtures: a tiny synthetic NIfTI set and a factory for fast configs (16^3 volumes, ResNet-10, 1 block)."""
+
+import functools
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from alzheimer_mosa.config import Config
+from alzheimer_mosa.demo_data import write_demo_dataset
+from shared import config_from_dict
+
+CLASSES = ["CN", "AD"]
+TINY_SPLITS = {"train": 4, "val": 2, "test": 2}  # volumes per class
+
+TINY_OVERRIDES = {
+    "data": {"target_size": [16, 16, 16], "batch_size": 4, "num_workers": 0},
+    "backbone": {"model_type": "resnet10_3d", "width": 8},
+    "mosa": {"embed_dim": 16, "depth": 1, "num_heads": 2},
+    "training": {"epochs": 2, "learning_rate": 1e-3, "warmup_epochs": 0},
+    "logging": {"progress_bar": False, "hist_interval": 1},
+}
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    torch.set_num_threads(2)
+    logging.getLogger("alzheimer_mosa").setLevel(logging.WARNING)
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """root/{train,val,test}/{CN,AD}/demo_*.nii.gz, 20^3 volumes."""
+    return write_demo_dataset(tmp_path_factory.mktemp("demo"), CLASSES, TINY_SPLITS, size=20, seed=0)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for key, value in update.items():
+        if isinstance(value, dict):
+            merged[key] = {**merged.get(key, {}), **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def tiny_config(out_dir: Path, data_root: Path, cls=Config, **overrides) -> Config:
+    """A tiny ``cls`` config reading ``data_root`` and writing under ``out_dir``; ``overrides`` are
+    ``section={key: value}`` mappings."""
+    base = _merge(TINY_OVERRIDES, {
+        "data": {"data_root": str(data_root), "demo_dir": str(out_dir / "demo")},
+        "training": {"checkpoint_dir": str(out_dir / "checkpoints"), "log_dir": str(out_dir / "logs")},
+    })
+    return config_from_dict(cls, _merge(base, overrides))
+
+
+@pytest.fixture(scope="session")
+def config_factory():
+    """:func:`tiny_config` for module-scoped fixtures."""
+    return tiny_config
+
+
+@pytest.fixture
+def make_config(demo_root, tmp_path):
+    """``make_config(section={key: value}, ...)`` -> a tiny Config writing into this test's tmp_path."""
+    return functools.partial(tiny_config, tmp_path, demo_root)

@@ -1,0 +1,245 @@
+"""Every config field changes something observable (table-driven), and bad configs are clear errors.
+
+Each row names a field, a new value, the probe that observes it and, where the field only matters in
+some setting (focal ``gamma``, percentile ``percentile_range``...), the base settings that make it
+matter. ``test_table_covers_every_field`` keeps the table complete when a field is added.
+"""
+
+import dataclasses
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from alzheimer_mosa.config import Config, config_from_cli
+from alzheimer_mosa.data_loader import build_datasets, load_split_records
+from alzheimer_mosa.demo_data import DEMO_SPLIT_SIZES, write_demo_dataset
+from alzheimer_mosa.model_builder import build_backbone, build_mosa
+from alzheimer_mosa.resnet import build_resnet3d
+from alzheimer_mosa.training import build_task, engine_config, train
+from shared import ConfigError, config_to_dict
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, demo_root):
+    """Paths the rows refer to: a split-less manifest, two demo folders, two weight files."""
+    tmp = tmp_path_factory.mktemp("fields")
+    volumes = sorted(demo_root.rglob("*.nii.gz"))
+    manifest = tmp / "manifest.csv"
+    pd.DataFrame({"path": [str(p) for p in volumes], "label": [p.parent.name for p in volumes],
+                  "subject": [f"s{i}" for i in range(len(volumes))]}).to_csv(manifest, index=False)
+    for seed, name in enumerate(("demo_a", "demo_b")):
+        write_demo_dataset(tmp / name, ["CN", "AD"], DEMO_SPLIT_SIZES, size=8, seed=seed)
+    for seed, name in enumerate(("weights_a.pth", "weights_b.pth"), start=1):  # probe_weights inits with seed 0
+        torch.manual_seed(seed)
+        torch.save({"state_dict": build_resnet3d("resnet10_3d", width=8).state_dict()}, tmp / name)
+    return SimpleNamespace(tmp=tmp, demo_root=demo_root, paths={
+        "manifest": str(manifest), "demo_a": str(tmp / "demo_a"), "demo_b": str(tmp / "demo_b"),
+        "weights_a": str(tmp / "weights_a.pth"), "weights_b": str(tmp / "weights_b.pth"),
+        "elsewhere": str(tmp / "elsewhere")})
+
+
+# ------------------------------------------------------------------------------------------ probes
+def probe_engine(cfg, env):
+    return config_to_dict(engine_config(cfg, Path("run")))
+
+
+def probe_model(cfg, env):
+    model = build_mosa(cfg)
+    return (type(model).__name__, sum(p.numel() for p in model.parameters()), model.backbone.conv1.in_channels,
+            model.head[-1].out_features, [m.num_heads for m in model.modules() if hasattr(m, "num_heads")],
+            [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)])
+
+
+def probe_weights(cfg, env):
+    torch.manual_seed(0)
+    return build_backbone(cfg).layer1[0].conv1.weight.sum().item()
+
+
+def probe_task(cfg, env):
+    """Loss and positive-class recall of fixed predictions (4 samples, 3 right)."""
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.2], [-1.0, 1.5], [0.3, 0.1]])
+    outputs = {"logits": logits.numpy(), "targets": np.array([0, 1, 1, 0])}
+    metrics = build_task(cfg).compute_metrics(outputs)
+    return round(metrics["loss"], 6), metrics["recall"]
+
+
+def probe_records(cfg, env):
+    splits = load_split_records(cfg.data, cfg.training.seed)
+    return {split: [(str(r.path), r.label) for r in records] for split, records in splits.items()}
+
+
+def probe_val_volume(cfg, env):
+    return build_datasets(cfg)["val"][0][0].numpy()
+
+
+def probe_train_volume(cfg, env):
+    dataset = build_datasets(cfg)["train"]
+    torch.manual_seed(0)
+    return dataset[0][0].numpy()
+
+
+_RUNS: dict[str, tuple] = {}
+
+
+def probe_run(cfg, env):
+    """What a one-epoch run leaves behind: scalar tag groups, histograms, JSONs, folders, checkpoints."""
+    key = repr(cfg)
+    if key not in _RUNS:
+        run = Path(train(cfg, build_mosa, "mosa")["log_dir"])
+        events = EventAccumulator(str(run))
+        events.Reload()
+        tags = events.Tags()
+        _RUNS[key] = (sorted({tag.rsplit("/", 1)[0] for tag in tags["scalars"]}), bool(tags["histograms"]),
+                      sorted(p.name for p in run.glob("*.json")), str(run.parent),
+                      sorted(str(p) for p in Path(cfg.training.checkpoint_dir).glob("*.pth.tar")))
+    return _RUNS[key]
+
+
+# ------------------------------------------------------------------------------------------- table
+AUG_OFF = {"flip_prob": 0.0, "affine_prob": 0.0, "noise_prob": 0.0, "bias_field_prob": 0.0, "gamma_prob": 0.0}
+FOCAL = {"training": {"loss_fn": "focal"}}
+MANIFEST = {"data": {"data_root": "{manifest}"}}
+RUN = {"training": {"epochs": 1, "checkpoint_dir": "{elsewhere}/ckpt", "log_dir": "{elsewhere}/logs"}}
+
+
+def only(**augment):
+    return {"augment": {**AUG_OFF, **augment}}
+
+
+ROWS = [
+    ("data.data_root", "{manifest}", probe_records, {}),
+    ("data.demo_dir", "{demo_b}", probe_records, {"data": {"data_root": "", "demo_dir": "{demo_a}"}}),
+    ("data.batch_size", 2, probe_engine, {}),
+    ("data.num_workers", 1, probe_engine, {}),
+    ("data.target_size", [12, 16, 20], probe_val_volume, {}),
+    ("data.size_mode", "crop_pad", probe_val_volume, {}),
+    ("data.foreground_crop", False, probe_val_volume, {}),
+    ("data.foreground_margin", 0, probe_val_volume, {}),
+    ("data.normalization", "percentile", probe_val_volume, {}),
+    ("data.percentile_range", [5.0, 95.0], probe_val_volume, {"data": {"normalization": "percentile"}}),
+    ("data.class_names", ["AD", "CN"], probe_records, {}),
+    ("data.positive_class", "CN", probe_task, {}),
+    ("data.val_fraction", 0.3, probe_records, MANIFEST),
+    ("data.test_fraction", 0.3, probe_records, MANIFEST),
+    ("augment.flip_prob", 1.0, probe_train_volume, only()),
+    ("augment.flip_axes", [1], probe_train_volume, only(flip_prob=1.0)),
+    ("augment.affine_prob", 1.0, probe_train_volume, only()),
+    ("augment.affine_scale", 0.3, probe_train_volume, only(affine_prob=1.0)),
+    ("augment.affine_degrees", 30.0, probe_train_volume, only(affine_prob=1.0)),
+    ("augment.affine_translation", 8.0, probe_train_volume, only(affine_prob=1.0)),
+    ("augment.noise_prob", 1.0, probe_train_volume, only()),
+    ("augment.noise_std", 0.5, probe_train_volume, only(noise_prob=1.0)),
+    ("augment.bias_field_prob", 1.0, probe_train_volume, only()),
+    ("augment.bias_field_coefficients", 0.8, probe_train_volume, only(bias_field_prob=1.0)),
+    ("augment.gamma_prob", 1.0, probe_train_volume, only()),
+    ("augment.log_gamma", 0.6, probe_train_volume, only(gamma_prob=1.0)),
+    ("backbone.model_type", "resnet18_3d", probe_model, {}),
+    ("backbone.pretrained", True, probe_weights, {"backbone": {"pretrained_path": "{weights_a}"}}),
+    ("backbone.pretrained_path", "{weights_b}", probe_weights,
+     {"backbone": {"pretrained": True, "pretrained_path": "{weights_a}"}}),
+    ("backbone.freeze_epochs", 2, probe_engine, {}),  # DDP must tolerate the frozen parameters
+    ("backbone.width", 16, probe_model, {}),
+    ("backbone.in_channels", 2, probe_model, {}),
+    ("backbone.num_classes", 3, probe_model, {}),
+    ("mosa.use_shared_transformer", True, probe_model, {}),
+    ("mosa.embed_dim", 32, probe_model, {}),
+    ("mosa.depth", 2, probe_model, {}),
+    ("mosa.num_heads", 4, probe_model, {}),
+    ("mosa.mlp_ratio", 2.0, probe_model, {}),
+    ("mosa.qkv_bias", False, probe_model, {}),
+    ("mosa.drop_rate", 0.3, probe_model, {}),
+    ("mosa.attn_drop_rate", 0.2, probe_model, {}),
+    ("training.optimizer", "sgd", probe_engine, {}),
+    ("training.learning_rate", 0.01, probe_engine, {}),
+    ("training.min_lr", 1e-5, probe_engine, {}),
+    ("training.weight_decay", 0.1, probe_engine, {}),
+    ("training.momentum", 0.5, probe_engine, {}),
+    ("training.lr_scheduler", "step", probe_engine, {}),
+    ("training.step_size", 3.0, probe_engine, {}),
+    ("training.lr_decay", 0.5, probe_engine, {}),
+    ("training.warmup_epochs", 2.0, probe_engine, {}),
+    ("training.epochs", 5, probe_engine, {}),
+    ("training.grad_clip", 0.0, probe_engine, {}),
+    ("training.loss_fn", "focal", probe_task, {}),
+    ("training.alpha", [0.25, 0.75], probe_task, FOCAL),
+    ("training.gamma", 1.0, probe_task, FOCAL),
+    ("training.label_smoothing", 0.1, probe_task, {}),
+    ("training.monitor", "val/accuracy", probe_engine, {}),
+    ("training.monitor_mode", "max", probe_engine, {}),
+    ("training.early_stopping_patience", 3, probe_engine, {}),
+    ("training.mixed_precision", "bf16", probe_engine, {}),
+    ("training.seed", 7, probe_engine, {}),
+    ("training.resume", "{elsewhere}/checkpoint.pth.tar", probe_engine, {}),
+    ("training.checkpoint_dir", "{elsewhere}/other_ckpt", probe_run, RUN),
+    ("training.log_dir", "{elsewhere}/other_logs", probe_run, RUN),
+    ("training.save_freq", 2, probe_engine, {}),
+    ("logging.batch_metrics", False, probe_run, RUN),
+    ("logging.hist_interval", 0, probe_run, RUN),
+    ("logging.export_per_class", False, probe_run, RUN),
+    ("logging.progress_bar", True, probe_engine, {}),
+]
+
+
+def leaf_fields(cls, prefix="") -> set[str]:
+    names = set()
+    for f in dataclasses.fields(cls):
+        default = getattr(cls(), f.name)
+        names |= leaf_fields(type(default), f"{prefix}{f.name}.") if dataclasses.is_dataclass(default) else {prefix + f.name}
+    return names
+
+
+def test_table_covers_every_field():
+    assert sorted(row[0] for row in ROWS) == sorted(leaf_fields(Config))
+
+
+def _fill(value, paths):
+    return value.format(**paths) if isinstance(value, str) else value
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return a.shape == b.shape and np.allclose(a, b)
+    return a == b
+
+
+@pytest.mark.parametrize("key,value,probe,base", ROWS, ids=[row[0] for row in ROWS])
+def test_field_changes_something(key, value, probe, base, env, config_factory):
+    section, name = key.split(".")
+    base = {s: {k: _fill(v, env.paths) for k, v in values.items()} for s, values in base.items()}
+    changed = {s: dict(values) for s, values in base.items()}
+    changed.setdefault(section, {})[name] = _fill(value, env.paths)
+    before = probe(config_factory(env.tmp, env.demo_root, **base), env)
+    after = probe(config_factory(env.tmp, env.demo_root, **changed), env)
+    assert not _same(before, after), f"{key}={value!r} changed nothing that {probe.__name__} sees"
+
+
+# ------------------------------------------------------------------------------------------ errors
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['training.learning_rat'\].*training.learning_rate"):
+        config_from_cli(Config, ["--training.learning_rat", "1e-3"])
+
+
+def test_yaml_file_and_command_line_overrides(tmp_path):
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("training:\n  learning_rate: 0.001\n  epochs: 3\nmosa:\n  depth: 4\n")
+    cfg = config_from_cli(Config, ["--config", str(yaml_file), "--training.epochs", "7", "--set", "mosa.qkv_bias=false"])
+    assert (cfg.training.learning_rate, cfg.training.epochs, cfg.mosa.depth, cfg.mosa.qkv_bias) == (1e-3, 7, 4, False)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--backbone.num_classes", "3"], "num_classes=3 but data.class_names has 2"),
+    (["--data.positive_class", "MCI"], "positive_class='MCI' is not in"),
+    (["--backbone.pretrained", "true"], "needs backbone.pretrained_path"),
+    (["--mosa.num_heads", "3"], "not divisible by mosa.num_heads=3"),
+    (["--training.alpha", "[0.5]"], "alpha has 1 values for 2 classes"),
+    (["--data.target_size", "[64, 64]"], "target_size must be three sizes"),
+    (["--training.optimizer", "lion"], "'lion' is not one of"),
+])
+def test_inconsistent_settings_are_clear_errors(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_cli(Config, argv)

@@ -1,0 +1,14 @@
+"""Train Mosa (3D ResNet + multi-scale transformer) on NIfTI volumes.
+
+    python alzheimer_mosa/train_mosa.py [--config run.yaml] [--training.learning_rate 5e-5 ...]
+    accelerate launch --multi_gpu --num_processes 8 alzheimer_mosa/train_mosa.py --data.data_root DATA
+
+Without ``data.data_root`` it trains on a small synthetic demo set. ``--help`` lists every option.
+"""
+
+from alzheimer_mosa.config import Config
+from alzheimer_mosa.model_builder import build_mosa
+from alzheimer_mosa.training import main
+
+if __name__ == "__main__":
+    main(Config, build_mosa, run_name="mosa")
