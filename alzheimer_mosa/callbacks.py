@@ -1,10 +1,10 @@
 """Engine callbacks: TensorBoard metrics/histograms/figures and the backbone freeze schedule.
 
-Step convention (shared by every tag): a training batch logs at the number of optimizer steps done
-before it (0-based, so the first batch after a resume from step T logs at T), and epoch-level values
-log at the step of the epoch's last batch. The engine opens the writer with ``purge_step`` = the
-checkpoint's step, so everything a killed run wrote after its last checkpoint is dropped and the
-resumed curves neither jump back nor double.
+Step convention (the engine's, shared by every tag): a training batch logs at the number of
+optimizer steps done including its own (so the first batch after a resume from step T logs at T+1),
+and epoch-level values log at the epoch's last step. The engine opens the writer with ``purge_step``
+= the checkpoint's step + 1, so everything a killed run wrote after its last checkpoint is dropped
+and the resumed curves neither jump back nor double.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class TensorBoardCallback(Callback):
         writer = engine.tensorboard
         if writer is None:
             return
-        step = max(engine.global_step - 1, 0)
+        step = engine.global_step
         train = scalar_metrics(self._metrics(torch.cat(self._logits), torch.cat(self._targets), quiet=False))
         train["loss"], train["lr"] = metrics["train/loss"], metrics["train/lr"]
         for name, value in train.items():

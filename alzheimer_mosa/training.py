@@ -117,7 +117,7 @@ def evaluate_split(engine: Engine, task: VolumeClassificationTask, dataset: Volu
                                          "matrix": metrics["confusion_matrix"]}})
     writer = engine.tensorboard
     if writer is not None and split == "test":
-        step = max(engine.global_step - 1, 0)
+        step = engine.global_step
         for name, value in scalar_metrics(metrics).items():
             writer.add_scalar(f"Test/{name}", value, step)
         add_figures_to_tensorboard(writer, "Test", figures, step)

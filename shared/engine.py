@@ -258,7 +258,9 @@ class Engine:
         if cfg.resume:
             self._resume(self._resume_path())
 
-        tracker_kwargs = {"tensorboard": {"purge_step": self.global_step}} if self.global_step else {}
+        # A resumed run drops TensorBoard events written after its checkpoint (a killed run's partial
+        # epoch) but keeps the checkpointed epoch's own metrics, logged at its last step.
+        tracker_kwargs = {"tensorboard": {"purge_step": self.global_step + 1}} if self.global_step else {}
         if cfg.tracker != "none":
             acc.init_trackers(project_name, init_kwargs=tracker_kwargs)
         if acc.is_main_process and run_config is not None:
@@ -474,8 +476,6 @@ class Engine:
                     scalar_sums[key] = scalar_sums.get(key, 0.0) + value.detach().float()
             batches += 1
             window_batches += 1
-            for callback in self.callbacks:
-                callback.on_train_batch_end(self, batch, outputs)
             bar.update(1)
             if acc.sync_gradients:
                 self.global_step += 1
@@ -485,14 +485,17 @@ class Engine:
                     self.scheduler.step_update(num_updates=self.global_step)
                 if self.global_step % cfg.log_every == 0:
                     self._check_finite(nonfinite, window_start)
-                    values = {"train/loss": acc.reduce(window_sum, "mean").item() / window_batches,
-                              "train/lr": self.optimizer.param_groups[0]["lr"]}
+                    # step-level tags differ from the epoch-level train/* ones, so no tag repeats a step
+                    values = {"train_step/loss": acc.reduce(window_sum, "mean").item() / window_batches,
+                              "train_step/lr": self.optimizer.param_groups[0]["lr"]}
                     if grad_norm is not None:
-                        values["train/grad_norm"] = float(grad_norm)
+                        values["train_step/grad_norm"] = float(grad_norm)
                     self.log(values)
-                    bar.set_postfix(loss=f"{values['train/loss']:.4f}")
+                    bar.set_postfix(loss=f"{values['train_step/loss']:.4f}")
                     window_sum.zero_()
                     window_batches, window_start = 0, self.global_step
+            for callback in self.callbacks:  # global_step already counts this batch's optimizer step
+                callback.on_train_batch_end(self, batch, outputs)
         bar.close()
         self._check_finite(nonfinite, window_start)
         means = {f"train/{key}": acc.reduce(total, "mean").item() / max(batches, 1) for key, total in scalar_sums.items()}

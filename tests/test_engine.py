@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 import torch.nn as nn
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import TensorDataset
 
 from shared import (Callback, CheckpointError, EarlyStopping, EarlyStoppingConfig, Engine, MultiLabelTask,
@@ -60,11 +61,12 @@ def test_warmup_starts_above_zero_and_cosine_reaches_min_lr(tmp_path):
             lrs.append(engine.optimizer.param_groups[0]["lr"])
 
     engine = Engine(cfg, toy_model(), task(), toy_data(), None, callbacks=[RecordLR()])
+    lrs.append(engine.optimizer.param_groups[0]["lr"])  # the lr of the first step
     engine.fit()
     engine.close()
     steps_per_epoch = engine.updates_per_epoch
-    assert lrs[0] == pytest.approx(1e-4)  # lr used by the first step: lr * warmup_start_factor, not 0
-    assert lrs[steps_per_epoch - 1] > lrs[0]  # warmup rises within the first epoch, per step
+    assert lrs[0] == pytest.approx(1e-4)  # lr * warmup_start_factor, not 0
+    assert lrs[0] < lrs[1] < lrs[steps_per_epoch - 1]  # warmup rises per step within the first epoch
     assert max(lrs) == pytest.approx(1e-2, rel=0.05)
     assert lrs[-1] < 2e-3 and lrs[-1] >= 1e-4
 
@@ -166,6 +168,13 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     for a, b in zip(full.ema.module.parameters(), resumed.ema.module.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert resumed_history[-1]["val/loss"] == pytest.approx(full_history[-1]["val/loss"], rel=1e-5)
+    # TensorBoard: the epoch curve continues after the resume, each epoch once, none dropped
+    log_dir = tmp_path / "b" / "run" / "logs" / "tensorboard"
+    assert len(list(log_dir.glob("events.out.tfevents*"))) == 2  # the killed run's file and the resumed one
+    accumulator = EventAccumulator(str(log_dir))  # applies the resumed writer's purge_step, as TensorBoard does
+    accumulator.Reload()
+    per_epoch = full.updates_per_epoch
+    assert [e.step for e in accumulator.Scalars("train/loss")] == [per_epoch, 2 * per_epoch, 3 * per_epoch]
 
 
 def test_resume_into_a_different_model_is_a_clear_error(tmp_path):

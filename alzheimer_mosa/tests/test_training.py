@@ -78,13 +78,13 @@ def test_tensorboard_tags_steps_histograms_and_images(finished_run):
     _, summary = finished_run
     events = read_events(summary["log_dir"])
     tags = events.Tags()
-    assert scalar_steps(events, "Train/Batch/loss") == [0, 1, 2, 3]
+    assert scalar_steps(events, "Train/Batch/loss") == [1, 2, 3, 4]  # steps done, this batch included
     for tag in ("Train/Batch/accuracy", "Train/Batch/lr", "Train/Batch/f1_macro"):
         assert tag in tags["scalars"]
     for prefix in ("Train", "Val"):
         for name in ("loss", "accuracy", "recall", "precision", "specificity", "f1_weighted", "f1_macro", "auc"):
-            assert scalar_steps(events, f"{prefix}/{name}") == [1, 3], f"{prefix}/{name}"
-    assert scalar_steps(events, "Test/auc") == [3]
+            assert scalar_steps(events, f"{prefix}/{name}") == [2, 4], f"{prefix}/{name}"
+    assert scalar_steps(events, "Test/auc") == [4]
     assert "Params/backbone.conv1.weight" in tags["histograms"]
     assert "Grads/encoders.0.blocks.0.attn.qkv.weight" in tags["histograms"]
     assert {"Val/confusion_matrix", "Val/roc", "Val/pr", "Test/confusion_matrix", "Test/roc", "Test/pr"} <= set(tags["images"])
@@ -104,7 +104,7 @@ def test_kill_and_resume_continues_global_step_without_duplicate_events(make_con
 
     def dying(self, engine, batch, outputs):
         original(self, engine, batch, outputs)
-        if engine.global_step == 2 * STEPS_PER_EPOCH + 1:  # second batch of epoch 3, already logged
+        if engine.global_step == 2 * STEPS_PER_EPOCH + 2:  # second batch of epoch 3, already logged
             raise SimulatedKill
 
     monkeypatch.setattr(TensorBoardCallback, "on_train_batch_end", dying)
@@ -115,16 +115,16 @@ def test_kill_and_resume_continues_global_step_without_duplicate_events(make_con
     saved = load_checkpoint(checkpoint)
     assert saved["epoch"] == 2 and saved["global_step"] == 2 * STEPS_PER_EPOCH
     killed = read_events(saved["log_dir"])  # the killed run's tail, past the checkpoint, is on disk
-    assert scalar_steps(killed, "Train/Batch/loss") == list(range(2 * STEPS_PER_EPOCH + 2))
+    assert scalar_steps(killed, "Train/Batch/loss") == list(range(1, 2 * STEPS_PER_EPOCH + 3))
 
     settings["training"]["resume"] = str(checkpoint)
     summary = train(make_config(**settings), build_mosa, "mosa")
     assert summary["log_dir"] == saved["log_dir"]  # same log folder
     assert summary["global_step"] == 3 * STEPS_PER_EPOCH
     events = read_events(summary["log_dir"])
-    assert scalar_steps(events, "Train/Batch/loss") == list(range(3 * STEPS_PER_EPOCH))
+    assert scalar_steps(events, "Train/Batch/loss") == list(range(1, 3 * STEPS_PER_EPOCH + 1))
     for tag in ("Val/auc", "Train/loss", "Train/accuracy"):
-        assert scalar_steps(events, tag) == [1, 3, 5], tag
+        assert scalar_steps(events, tag) == [2, 4, 6], tag
     history = json.loads((Path(summary["log_dir"]) / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
 
@@ -166,6 +166,6 @@ def test_two_process_ddp_run_freezes_unfreezes_and_logs_once(tmp_path):
     runs = list((tmp_path / "logs").iterdir())
     assert len(runs) == 1  # both processes agreed on the run folder
     events = read_events(str(runs[0]))
-    assert scalar_steps(events, "Train/Batch/loss") == list(range(2 * 32 // 8))  # 32 demo volumes, global batch 8
+    assert scalar_steps(events, "Train/Batch/loss") == list(range(1, 2 * 32 // 8 + 1))  # 32 demo volumes, global batch 8
     latest = load_checkpoint(tmp_path / "checkpoints" / "mosa" / "checkpoint.pth.tar")
     assert latest["global_step"] == 2 * 32 // 8
