@@ -69,12 +69,20 @@ def _spatial_and_intensity_augmentation(aug: AugmentConfig) -> list[tio.Transfor
     return transforms
 
 
-def build_transform(data: DataConfig, aug: AugmentConfig, train: bool) -> tio.Compose:
-    """The full pipeline for one split; ``train`` adds the random augmentations."""
+def build_preprocessing(data: DataConfig) -> tio.Compose:
+    """The deterministic part: canonical orientation, foreground crop, resize or crop/pad.
+    Its output is what the preprocessed volume cache stores."""
     transforms: list[tio.Transform] = [tio.ToCanonical()]
     if data.foreground_crop:
         transforms.append(ForegroundCrop(margin=data.foreground_margin))
     transforms.append(_sizing(data))
+    return tio.Compose(transforms)
+
+
+def build_transform(data: DataConfig, aug: AugmentConfig, train: bool, preprocessed: bool = False) -> tio.Compose:
+    """The full pipeline for one split; ``train`` adds the random augmentations. ``preprocessed``:
+    the input already went through :func:`build_preprocessing` (read from the volume cache)."""
+    transforms: list[tio.Transform] = [] if preprocessed else list(build_preprocessing(data).transforms)
     if train:
         transforms += _spatial_and_intensity_augmentation(aug)
     transforms.append(_intensity_normalization(data))

@@ -35,6 +35,8 @@ class DataConfig:
     percentile_range: list[float] = field(default_factory=lambda: [0.5, 99.5])  # -> [0, 1]
     class_names: list[str] = field(default_factory=lambda: ["CN", "AD"])  # label order
     positive_class: str = "AD"  # binary AUC, ROC/PR, sensitivity/specificity are for this class
+    # Preprocessed volumes (prepare_cache.py): used when built for these settings, else the NIfTI files.
+    cache_dir: str = ""
     # Manifest without a split column: fractions of subjects held out (grouped by subject).
     val_fraction: float = 0.15
     test_fraction: float = 0.15

@@ -26,7 +26,8 @@ import torchio as tio
 from torch.utils.data import Dataset
 
 from shared import DataError, group_split
-from alzheimer_mosa.augment import IMAGE_KEY, build_transform
+from shared.cache import ArrayCache
+from alzheimer_mosa.augment import IMAGE_KEY, build_preprocessing, build_transform
 from alzheimer_mosa.config import Config, DataConfig
 from alzheimer_mosa.demo_data import ensure_demo_dataset
 
@@ -137,25 +138,62 @@ def load_split_records(data: DataConfig, seed: int) -> dict[str, list[VolumeReco
     return {s: r for s, r in splits.items() if r}
 
 
-class VolumeDataset(Dataset):
-    """Records -> ``(image (C, X, Y, Z) float32, label)`` through a torchio transform."""
+class VolumeCache(ArrayCache):
+    """Volumes after :func:`build_preprocessing` (float32 ``(1, *target_size)``) and their affines, so an
+    epoch only runs the augmentation and the intensity normalisation."""
 
-    def __init__(self, records: list[VolumeRecord], transform: tio.Transform):
+    def __init__(self, root: str | Path, records: list[VolumeRecord], data: DataConfig):
+        self.preprocess = build_preprocessing(data)
+        self.fields = {"volumes": ((1, *data.target_size), np.float32), "affines": ((4, 4), np.float64)}
+        key = {"target_size": list(data.target_size), "size_mode": data.size_mode,
+               "foreground_crop": data.foreground_crop, "foreground_margin": data.foreground_margin}
+        super().__init__(root, [r.path for r in records], key, label="x".join(map(str, data.target_size)))
+
+    def compute_row(self, index: int) -> dict[str, np.ndarray]:
+        image = self.preprocess(tio.Subject({IMAGE_KEY: tio.ScalarImage(self.paths[index], reader=read_nifti)}))
+        return {"volumes": image[IMAGE_KEY].data.numpy(), "affines": image[IMAGE_KEY].affine}
+
+    def subject(self, index: int) -> tio.Subject:
+        arrays = self.arrays()
+        volume = torch.from_numpy(np.array(arrays["volumes"][index]))  # a writable copy of the memmap row
+        return tio.Subject({IMAGE_KEY: tio.ScalarImage(tensor=volume, affine=np.array(arrays["affines"][index]))})
+
+
+class VolumeDataset(Dataset):
+    """Records -> ``(image (C, X, Y, Z) float32, label)`` through a torchio transform, reading the
+    NIfTI file or, when given, the preprocessed cache (then ``transform`` omits the preprocessing)."""
+
+    def __init__(self, records: list[VolumeRecord], transform: tio.Transform, cache: VolumeCache | None = None):
         self.records = records
         self.transform = transform
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         record = self.records[index]
-        subject = tio.Subject({IMAGE_KEY: tio.ScalarImage(record.path, reader=read_nifti)})
+        subject = (self.cache.subject(index) if self.cache is not None
+                   else tio.Subject({IMAGE_KEY: tio.ScalarImage(record.path, reader=read_nifti)}))
         image = self.transform(subject)[IMAGE_KEY].data.float()
         return image, record.label
+
+
+def volume_caches(cfg: Config, splits: dict[str, list[VolumeRecord]]) -> dict[str, VolumeCache]:
+    """One cache per split (empty when ``data.cache_dir`` is not set)."""
+    if not cfg.data.cache_dir:
+        return {}
+    return {split: VolumeCache(cfg.data.cache_dir, records, cfg.data) for split, records in splits.items()}
 
 
 def build_datasets(cfg: Config) -> dict[str, VolumeDataset]:
     """Split name -> dataset; only ``train`` gets the random augmentation."""
     splits = load_split_records(cfg.data, cfg.training.seed)
-    return {split: VolumeDataset(records, build_transform(cfg.data, cfg.augment, train=split == "train"))
+    caches = volume_caches(cfg, splits)
+    if caches and not all(cache.ready for cache in caches.values()):
+        logger.warning("no finished volume cache in %s for these settings: reading the NIfTI files "
+                       "(build it once with alzheimer_mosa/prepare_cache.py)", cfg.data.cache_dir)
+        caches = {}
+    return {split: VolumeDataset(records, build_transform(cfg.data, cfg.augment, train=split == "train",
+                                                          preprocessed=bool(caches)), caches.get(split))
             for split, records in splits.items()}

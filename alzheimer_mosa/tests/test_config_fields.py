@@ -18,6 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from alzheimer_mosa.config import Config, config_from_cli
 from alzheimer_mosa.data_loader import build_datasets, load_split_records
 from alzheimer_mosa.demo_data import DEMO_SPLIT_SIZES, write_demo_dataset
+from alzheimer_mosa.prepare_cache import prepare
 from alzheimer_mosa.model_builder import build_backbone, build_mosa
 from alzheimer_mosa.resnet import build_resnet3d
 from alzheimer_mosa.training import build_task, engine_config, train
@@ -73,6 +74,13 @@ def probe_records(cfg, env):
     return {split: [(str(r.path), r.label) for r in records] for split, records in splits.items()}
 
 
+def probe_cache(cfg, env):
+    """Which reader each split uses once the cache (if configured) is prepared."""
+    if cfg.data.cache_dir:
+        prepare(cfg)
+    return {split: type(ds.cache).__name__ for split, ds in build_datasets(cfg).items()}
+
+
 def probe_val_volume(cfg, env):
     return build_datasets(cfg)["val"][0][0].numpy()
 
@@ -123,6 +131,7 @@ ROWS = [
     ("data.normalization", "percentile", probe_val_volume, {}),
     ("data.percentile_range", [5.0, 95.0], probe_val_volume, {"data": {"normalization": "percentile"}}),
     ("data.class_names", ["AD", "CN"], probe_records, {}),
+    ("data.cache_dir", "{elsewhere}/volume_cache", probe_cache, {}),
     ("data.positive_class", "CN", probe_task, {}),
     ("data.val_fraction", 0.3, probe_records, MANIFEST),
     ("data.test_fraction", 0.3, probe_records, MANIFEST),
