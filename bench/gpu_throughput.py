@@ -1,6 +1,7 @@
 """Training throughput of three recipes, as images/s, achieved TFLOP/s and fraction of measured peak.
 
-Recipes (same model, data and batch):
+Workloads: convnext_cxr (ConvNeXt-Large at 224/512 px), clip_medical (StarNet image x BERT-base text
+towers), alzheimer_mosa (Mosa at 128^3). Recipes (same model, data and batch):
   a_source   the source repos' recipe: fp16 autocast + GradScaler, NCHW, plain AdamW, an EMA that
              rebuilds every weight tensor each step (``ema = d * ema + (1 - d) * w`` per tensor)
   b_default  this project's default: bf16 autocast, channels_last, fused AdamW, timm ModelEmaV3
@@ -12,6 +13,7 @@ bf16 matmul measured in the same run (fp32 on CPU). Runs on CPU with ``--small``
 the real numbers need an NVIDIA GPU:
 
     python bench/gpu_throughput.py                       # convnext_cxr default model, 224 and 512 px
+    python bench/gpu_throughput.py --models convnext_cxr clip_medical alzheimer_mosa
     python bench/gpu_throughput.py --small --steps 3     # CPU smoke run
 """
 from __future__ import annotations
@@ -32,26 +34,75 @@ from shared.losses import AsymmetricLoss
 
 @dataclass
 class Workload:
-    """A model and how to make a batch for it; ``sizes`` are the input sizes to measure."""
-    build: Callable[[], nn.Module]
+    """A model, how to make a batch for it (``(inputs tuple, targets)``) and its loss; ``sizes`` are
+    the input sizes (image side or volume side) to measure."""
+    build: Callable[[int], nn.Module]  # input size -> model
     make_batch: Callable[[int, int, torch.device], tuple]
-    loss_fn: nn.Module
+    loss_fn: Callable
     sizes: tuple[int, ...]
     batch_size: int
+    memory_format: torch.memory_format = torch.channels_last  # channels_last_3d for volumes
 
 
 def _cxr(small: bool) -> Workload:
+    """convnext_cxr's default model (ConvNeXt-Large + attention heads), 14 findings, ASL."""
     from convnext_cxr.model import CXRClassifier, ModelConfig
     cfg = (ModelConfig(backbone="convnext_atto", pretrained=False, embed_dim=64, num_heads=4, head_hidden_dim=32)
            if small else ModelConfig(pretrained=False))
 
     def batch(n, size, device):
-        return torch.randn(n, 3, size, size, device=device), (torch.rand(n, 14, device=device) > 0.8).float()
-    return Workload(lambda: CXRClassifier(cfg), batch, AsymmetricLoss(), (64,) if small else (224, 512),
+        return (torch.randn(n, 3, size, size, device=device),), (torch.rand(n, 14, device=device) > 0.8).float()
+    return Workload(lambda size: CXRClassifier(cfg), batch, AsymmetricLoss(), (64,) if small else (224, 512),
                     4 if small else 32)
 
 
-WORKLOADS: dict[str, Callable[[bool], Workload]] = {"convnext_cxr": _cxr}
+def _clip(small: bool) -> Workload:
+    """clip_medical's default: StarNet dual-pyramid RCF image tower x BERT-base text tower (random init:
+    the benchmark needs the shapes, not bert-base-chinese's weights), 4 class texts of 32 tokens."""
+    from transformers import BertConfig, BertModel
+
+    from clip_medical.losses import class_logits, multi_positive_contrastive_loss
+    from clip_medical.models.clip import CLIPModel
+    from clip_medical.models.image_encoders import build_image_encoder
+    bert = (BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+            if small else BertConfig(vocab_size=21128))  # bert-base-chinese's size
+    classes, tokens = 4, 32
+
+    def build(size):
+        image = build_image_encoder("resnet18" if small else "starnet_dual_pyramid_rcf", pretrained=False,
+                                    img_size=size)
+        return CLIPModel(image, BertModel(bert, add_pooling_layer=False), embed_dim=512)
+
+    def batch(n, size, device):
+        ids = torch.randint(1000, bert.vocab_size, (classes, tokens), device=device)
+        inputs = (torch.randn(n, 3, size, size, device=device), ids, torch.ones_like(ids))
+        return inputs, torch.randint(0, classes, (n,), device=device)
+
+    def loss(outputs, labels):
+        image_emb, text_emb, scale = outputs
+        return multi_positive_contrastive_loss(class_logits(image_emb, text_emb, scale), labels)
+    return Workload(build, batch, loss, (64,) if small else (224,), 4 if small else 64)
+
+
+def _mosa(small: bool) -> Workload:
+    """alzheimer_mosa's default Mosa (3D ResNet-18 + per-scale transformers), 128^3 volumes, 2 classes."""
+    from alzheimer_mosa.config import Config
+    from alzheimer_mosa.model_builder import build_mosa
+    from shared.config import config_from_dict
+    settings = {"backbone": {"width": 8, "model_type": "resnet10_3d"}, "mosa": {"embed_dim": 16, "depth": 1}} \
+        if small else {}
+
+    def build_for(size):
+        return build_mosa(config_from_dict(Config, {**settings, "data": {"target_size": [size] * 3}}))
+
+    def batch(n, size, device):
+        return (torch.randn(n, 1, size, size, size, device=device),), torch.randint(0, 2, (n,), device=device)
+    return Workload(build_for, batch, nn.CrossEntropyLoss(), (16,) if small else (128,), 2 if small else 8,
+                    torch.channels_last_3d)
+
+
+WORKLOADS: dict[str, Callable[[bool], Workload]] = {"convnext_cxr": _cxr, "clip_medical": _clip,
+                                                    "alzheimer_mosa": _mosa}
 
 
 class FullCopyEMA:
@@ -88,10 +139,10 @@ def matmul_peak_tflops(device: torch.device) -> float:
 
 
 def count_flops(workload: Workload, size: int, batch_size: int) -> int:
-    model = workload.build()
+    model = workload.build(size)
     inputs, targets = workload.make_batch(batch_size, size, torch.device("cpu"))
     with FlopCounterMode(display=False) as counter:
-        workload.loss_fn(model(inputs), targets).backward()
+        workload.loss_fn(model(*inputs), targets).backward()
     return counter.get_total_flops()
 
 
@@ -99,19 +150,19 @@ def run_recipe(workload: Workload, recipe: dict, size: int, batch_size: int, ste
                device: torch.device, base_model: nn.Module) -> dict:
     model = copy.deepcopy(base_model).to(device)
     if recipe["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=workload.memory_format)
     fused = recipe["fused"] and device.type == "cuda"
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused, foreach=None if fused else False)
     scaler = torch.amp.GradScaler(device.type) if recipe["dtype"] == torch.float16 else None
     ema = FullCopyEMA(model) if recipe["ema"] == "full_copy" else ModelEmaV3(model, decay=0.9998)
     step_model = torch.compile(model) if recipe["compile"] else model
     inputs, targets = workload.make_batch(batch_size, size, device)
-    if recipe["channels_last"] and inputs.ndim == 4:
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    if recipe["channels_last"]:  # the image/volume input; token ids stay as they are
+        inputs = (inputs[0].contiguous(memory_format=workload.memory_format), *inputs[1:])
 
     def step():
         with torch.autocast(device.type, dtype=recipe["dtype"]):
-            loss = workload.loss_fn(step_model(inputs), targets)
+            loss = workload.loss_fn(step_model(*inputs), targets)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -157,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         batch_size = args.batch_size or workload.batch_size
         for size in args.sizes or workload.sizes:
             torch.manual_seed(0)
-            base_model = workload.build()
+            base_model = workload.build(size)
             flops = count_flops(workload, size, batch_size)
             baseline = None
             for recipe in args.recipes:

@@ -155,7 +155,8 @@ def split_records(records: CXRRecords, fractions: Sequence[float] = (0.7, 0.15, 
 
 
 class ChestXray14Dataset(Dataset):
-    """(image tensor, 0/1 label vector). Grayscale X-rays are replicated to 3 channels for ImageNet backbones.
+    """(image tensor, 0/1 label vector). Grayscale X-rays become 3-channel tensors (for ImageNet backbones)
+    in the transform.
 
     With a built :class:`~shared.cache.ImageCache` of the same records, images come from the cache
     (already decoded and resized) instead of the original files.
@@ -170,8 +171,8 @@ class ChestXray14Dataset(Dataset):
         return len(self.records)
 
     def load(self, index: int) -> Image.Image:
-        image = self.cache[index] if self.cache is not None else load_image(self.records.paths[index], mode="L")
-        return image.convert("RGB")
+        """The grayscale image; the transform replicates it to 3 channels after augmenting one."""
+        return self.cache[index] if self.cache is not None else load_image(self.records.paths[index], mode="L")
 
     def __getitem__(self, index: int):
         image = self.load(index)

@@ -2,10 +2,11 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from shared.cxr14 import FINDINGS, ChestXray14Dataset, load_records, read_label_csv, split_records
-from shared.data import DataError
+from shared.data import IMAGENET_MEAN, IMAGENET_STD, DataError, build_image_transform
 
 
 def write_images(folder, names, size=16):
@@ -27,8 +28,10 @@ def test_nih_csv_with_header_quirk_and_nested_images(tmp_path):
     assert records.labels[0].nonzero()[0].tolist() == [FINDINGS.index("Cardiomegaly"), FINDINGS.index("Effusion")]
     assert records.labels[1].sum() == 0  # "No Finding" is all zeros
     assert records.patients.tolist() == ["1", "2"]
-    image, label = ChestXray14Dataset(records)[0]
-    assert image.mode == "RGB" and label.dtype.is_floating_point
+    image, label = ChestXray14Dataset(records, build_image_transform(16, train=False))[0]
+    assert image.shape == (3, 16, 16) and label.dtype.is_floating_point
+    gray = image * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]
+    assert torch.allclose(gray[0], gray[1], atol=1e-6) and torch.allclose(gray[0], gray[2], atol=1e-6)  # replicated
 
 
 def test_one_column_per_finding_layout_reads_patient_from_file_name(tmp_path):
