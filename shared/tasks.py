@@ -24,7 +24,8 @@ class MultiLabelTask(Task):
 
     def training_step(self, model, batch):
         images, targets = batch
-        return self.loss_fn(_logits(model(images)), targets)
+        logits = _logits(model(images))
+        return self.loss_fn.to(logits.device)(logits, targets)  # loss buffers (pos_weight) follow the model
 
     def eval_step(self, model, batch):
         images, targets = batch
@@ -54,7 +55,8 @@ class MultiClassTask(Task):
         if self.batch_transform is not None:
             inputs, targets = self.batch_transform(inputs, targets)
         logits = _logits(model(inputs))
-        return {"loss": self.train_loss_fn(logits.float(), targets), "logits": logits.detach(), "targets": targets}
+        loss = self.train_loss_fn.to(logits.device)(logits.float(), targets)  # loss buffers (alpha) follow the model
+        return {"loss": loss, "logits": logits.detach(), "targets": targets}
 
     def eval_step(self, model, batch):
         inputs, targets = batch

@@ -1,0 +1,1 @@
+"""HybridMedNet settings (``Config``)."""
