@@ -37,8 +37,7 @@ def bare_epoch(model, optimizer, loss_fn, loader, device, precision, grad_clip) 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    # resnet18 rather than a ConvNeXt: on CPU, depthwise-conv backward is so slow that any loop
-    # overhead would vanish in it; a fast model is the stricter test of the engine.
+    # A model with a short CPU step (dense convolutions) is the stricter test of the loop's overhead.
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
