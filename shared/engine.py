@@ -86,10 +86,14 @@ class TrainConfig:
     full_best_checkpoint: bool = False  # True: checkpoint_best also holds the resume state, like checkpoint_latest
 
 
-def process_state() -> PartialState:
+def _use_cpu(force_cpu: bool) -> bool:
+    return force_cpu or not torch.cuda.is_available()
+
+
+def process_state(force_cpu: bool = False) -> PartialState:
     """The distributed state. On a machine without CUDA, ask for CPU explicitly: Accelerate only then
     turns a multi-process launch (torchrun / accelerate launch) into gloo DDP instead of N lone runs."""
-    return PartialState(cpu=not torch.cuda.is_available())
+    return PartialState(cpu=_use_cpu(force_cpu))
 
 
 class NonFiniteLossError(RuntimeError):
@@ -277,11 +281,9 @@ class Engine:
         if precision == "fp16" and not torch.cuda.is_available():
             warnings.warn("fp16 needs a CUDA GPU; using bf16 autocast on this CPU instead", RuntimeWarning)
             precision = "bf16"
-        # Without CUDA, CPU must be asked for explicitly, or a multi-process launch is not turned into DDP.
-        force_cpu = cfg.cpu or not torch.cuda.is_available()
-        PartialState(cpu=force_cpu)
+        process_state(cfg.cpu)
         return Accelerator(
-            cpu=force_cpu,
+            cpu=_use_cpu(cfg.cpu),
             mixed_precision=precision,
             gradient_accumulation_steps=cfg.grad_accum_steps,
             log_with=None if cfg.tracker == "none" else cfg.tracker,
