@@ -4,9 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.cache import ImageCache, cache_size_for
+from shared.cache import ImageCache
 from shared.cxr14 import FINDINGS, ChestXray14Dataset, CXRRecords, load_records, make_synthetic_cxr, split_records
-from shared.data import DataError, build_image_transform
+from shared.data import DataError, build_image_transform, pre_crop_size
 
 
 @dataclass
@@ -21,7 +21,8 @@ class DataConfig:
     test_list: str = ""
     on_bad_image: str = "error"  # error | skip (skip decodes every image once up front)
     cache_dir: str = ""  # preprocessed cache (prepare_cache.py); used when built, raw files otherwise
-    cache_margin: float = 0.15  # cached images are image_size * (1 + margin) for random crops
+    normalize_on_device: bool = True  # loaders ship uint8 grayscale; the task normalises on the GPU (ImageNormalize)
+    crop_margin: float = 0.15  # training crops come from images resized to image_size * (1 + margin); so does the cache
     demo: bool = False  # generate and use a synthetic demo set under <output_dir>/demo_data
     demo_num_images: int = 900
 
@@ -61,7 +62,7 @@ def split_caches(cfg: DataConfig, splits: tuple[CXRRecords, ...]) -> list[ImageC
     """One cache per split, keyed by its images and the cached size; None when caching is off."""
     if not cfg.cache_dir:
         return [None] * len(splits)
-    size = cache_size_for(cfg.image_size, cfg.cache_margin)
+    size = pre_crop_size(cfg.image_size, cfg.crop_margin)
     return [ImageCache(cfg.cache_dir, records.paths, size, mode="L") for records in splits]
 
 
@@ -74,8 +75,10 @@ def build_datasets(cfg: DataConfig, output_dir: str | Path, seed: int = 42) -> C
         print(f"no finished image cache in {cfg.cache_dir} for image_size {cfg.image_size}: reading the original "
               "files (build it once with convnext_cxr/prepare_cache.py)")
         caches = [None] * len(splits)
-    train_tf = build_image_transform(cfg.image_size, train=True, augmentation=cfg.augmentation, hflip=False)
-    eval_tf = build_image_transform(cfg.image_size, train=False)
+    normalize = not cfg.normalize_on_device
+    train_tf = build_image_transform(cfg.image_size, train=True, augmentation=cfg.augmentation, hflip=False,
+                                    crop_margin=cfg.crop_margin, normalize=normalize)
+    eval_tf = build_image_transform(cfg.image_size, train=False, normalize=normalize)
     transforms = (train_tf, eval_tf, eval_tf)
     train, val, test = (ChestXray14Dataset(r, tf, c) for r, tf, c in zip(splits, transforms, caches))
     return CXRSplits(train, val, test, list(cfg.findings))

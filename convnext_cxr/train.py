@@ -21,8 +21,9 @@ from accelerate.utils import set_seed
 from convnext_cxr.dataset import CXRSplits, DataConfig, build_datasets
 from convnext_cxr.loss import LossConfig, build_criterion
 from convnext_cxr.model import ModelConfig, build_model
-from shared import (EarlyStoppingConfig, config_to_dict, Engine, MultiLabelTask, TrainConfig, export_model, load_config,
-                    multilabel_metrics, plot_pr_curves, process_state, plot_roc_curves, plot_training_curves, tune_thresholds)
+from shared import (EarlyStoppingConfig, config_to_dict, Engine, ImageNormalize, MultiLabelTask, TrainConfig, export_model,
+                    load_config, multilabel_metrics, plot_pr_curves, process_state, plot_roc_curves, plot_training_curves,
+                    tune_thresholds)
 
 DEFAULT_CONFIG = Path(__file__).with_name("config.yaml")
 
@@ -94,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with process_state().main_process_first():
         splits = build_datasets(cfg.data, cfg.train.output_dir, cfg.train.seed)
     model = build_model(cfg.model, num_labels=len(splits.findings))
-    task = MultiLabelTask(build_criterion(cfg.loss, splits.train.records.labels), splits.findings)
+    task = MultiLabelTask(build_criterion(cfg.loss, splits.train.records.labels), splits.findings,
+                          input_transform=ImageNormalize() if cfg.data.normalize_on_device else None)
     engine = Engine(cfg.train, model, task, splits.train, splits.val, run_config=cfg,
                     checkpoint_extra={"class_names": splits.findings}, project_name="convnext_cxr")
     engine.accelerator.print(f"train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)} images, "

@@ -17,9 +17,9 @@ class CXRSplits(NamedTuple):
 
 
 def build_transform(data_cfg, train: bool) -> v2.Compose:
-    """torchvision v2 pipeline. Training: random resized crop, +-10 degree rotation, brightness/contrast,
-    plus RandAugment and random erasing when ``use_albumentations``; never a left-right flip (the
-    heart is on the left). Evaluation: resize only."""
+    """torchvision v2 pipeline. Training: random affine warp (+-10 degrees, scale 0.8-1, shift 5 %),
+    centre crop, brightness/contrast, plus RandAugment and random erasing when ``use_albumentations``;
+    never a left-right flip (the heart is on the left). Evaluation: resize only."""
     augmentation = "strong" if data_cfg["use_albumentations"] else "standard"
     return build_image_transform(data_cfg["image_size"], train=train, augmentation=augmentation, hflip=False)
 

@@ -10,8 +10,8 @@ from timm.utils import ModelEmaV3
 from .checkpoint import CheckpointError, export_model, load_checkpoint, load_model_weights, save_checkpoint, \
     strip_module_prefix
 from .config import ConfigError, config_from_dict, config_to_dict, load_config, parse_overrides, save_config
-from .data import DataError, IMAGENET_MEAN, IMAGENET_STD, build_image_transform, find_unreadable_images, \
-    group_split, load_image, scan_class_folders, stratified_split
+from .data import DataError, IMAGENET_MEAN, IMAGENET_STD, ImageNormalize, build_image_transform, \
+    find_unreadable_images,     group_split, load_image, pre_crop_size, scan_class_folders, stratified_split
 from .engine import Callback, EarlyStopping, EarlyStoppingConfig, Engine, NonFiniteLossError, Task, TrainConfig, \
     process_state
 from .losses import AsymmetricLoss, BinaryFocalLoss, FocalLoss, SoftTargetCrossEntropy, build_loss, \
@@ -23,8 +23,8 @@ from .plots import plot_confusion_matrix, plot_pr_curves, plot_roc_curves, plot_
 __all__ = [
     "ModelEmaV3", "CheckpointError", "export_model", "load_checkpoint", "load_model_weights", "save_checkpoint",
     "strip_module_prefix", "ConfigError", "config_from_dict", "config_to_dict", "load_config", "parse_overrides", "save_config",
-    "DataError", "IMAGENET_MEAN", "IMAGENET_STD", "build_image_transform", "find_unreadable_images", "group_split",
-    "load_image", "scan_class_folders", "stratified_split", "Callback", "EarlyStopping", "EarlyStoppingConfig",
+    "DataError", "IMAGENET_MEAN", "IMAGENET_STD", "ImageNormalize", "build_image_transform", "find_unreadable_images", "group_split",
+    "load_image", "pre_crop_size", "scan_class_folders", "stratified_split", "Callback", "EarlyStopping", "EarlyStoppingConfig",
     "Engine", "NonFiniteLossError", "process_state", "Task", "TrainConfig", "AsymmetricLoss", "BinaryFocalLoss", "FocalLoss",
     "SoftTargetCrossEntropy", "build_loss", "pos_weight_from_labels", "multiclass_metrics", "multilabel_metrics",
     "tune_thresholds", "MultiClassTask", "MultiLabelTask", "plot_confusion_matrix", "plot_pr_curves", "plot_roc_curves", "plot_training_curves",

@@ -2,8 +2,9 @@
 
 Full-size chest X-rays (1024² PNG) cost tens of milliseconds each to decode; a training epoch over
 112k of them keeps the CPUs, not the GPUs, busy. The cache stores every image already converted and
-resized to the training size plus a margin (so random crops still have pixels to choose from) in one
-uint8 NumPy memmap, with an index. ``bench/data_pipeline.py`` measures it against the raw files and
+resized to ``shared.data.pre_crop_size`` (the training size plus a margin, so random crops still have
+pixels to choose from; the first step of the training transform, which then has nothing left to do)
+in one uint8 NumPy memmap, with an index. ``bench/data_pipeline.py`` measures it against the raw files and
 against Hugging Face ``datasets`` Arrow files (the memmap was faster for fixed-size arrays).
 
 The cache folder name is a hash of everything that changes its content (the file list, the size,
@@ -29,11 +30,6 @@ from .data import load_image
 
 CACHE_VERSION = 1
 CHANNELS = {"L": 1, "RGB": 3}
-
-
-def cache_size_for(image_size: int, margin: float) -> int:
-    """Stored side length: the training size plus ``margin`` (e.g. 0.15 -> 15 % larger)."""
-    return int(round(image_size * (1 + margin)))
 
 
 class ArrayCache:

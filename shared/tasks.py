@@ -17,19 +17,24 @@ def _logits(output: Any) -> torch.Tensor:
 
 
 class MultiLabelTask(Task):
-    """Batch = (images, 0/1 targets [B, C]); sigmoid probabilities; AUROC/AP/F1 metrics."""
+    """Batch = (images, 0/1 targets [B, C]); sigmoid probabilities; AUROC/AP/F1 metrics.
 
-    def __init__(self, loss_fn: nn.Module, class_names: Sequence[str]):
+    ``input_transform`` runs on the batch's device before the model (e.g. :class:`~shared.data.ImageNormalize`
+    for loaders that deliver uint8 images).
+    """
+
+    def __init__(self, loss_fn: nn.Module, class_names: Sequence[str], input_transform: nn.Module | None = None):
         self.loss_fn, self.class_names = loss_fn, list(class_names)
+        self.input_transform = input_transform or nn.Identity()
 
     def training_step(self, model, batch):
         images, targets = batch
-        logits = _logits(model(images))
+        logits = _logits(model(self.input_transform(images)))
         return self.loss_fn.to(logits.device)(logits, targets)  # loss buffers (pos_weight) follow the model
 
     def eval_step(self, model, batch):
         images, targets = batch
-        return {"logits": _logits(model(images)).float(), "targets": targets}
+        return {"logits": _logits(model(self.input_transform(images))).float(), "targets": targets}
 
     def compute_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
         logits, targets = torch.from_numpy(outputs["logits"]), torch.from_numpy(outputs["targets"])

@@ -17,7 +17,7 @@ def test_engine_overhead_reports_both_loops(tmp_path):
 
 def test_data_pipeline_compares_raw_memmap_and_arrow(tmp_path):
     data_pipeline.main(["--images", "8", "--source-size", "128", "--image-size", "32", "--batch-size", "4",
-                        "--workers", "0", "--skip-3d", "--out", str(tmp_path / "d.json")])
+                        "--workers", "0", "--repeats", "1", "--skip-3d", "--out", str(tmp_path / "d.json")])
     saved = json.loads((tmp_path / "d.json").read_text())
     row = saved["2d"][0]
     assert row["workers"] == 0

@@ -7,6 +7,7 @@ import shared.cache
 from convnext_cxr import prepare_cache
 from convnext_cxr.dataset import DataConfig, build_datasets
 from shared.cache import ImageCache
+from shared.data import ImageNormalize
 from shared.cxr14 import make_synthetic_cxr
 
 
@@ -32,11 +33,35 @@ def test_cached_tensors_match_raw_files(tmp_path, capsys):
         for i in range(0, len(a), 7):
             (xa, ya), (xb, yb) = a[i], b[i]
             assert torch.equal(ya, yb)
-            assert xa.shape == xb.shape == (3, 32, 32)
+            assert xa.dtype == xb.dtype == torch.uint8 and xa.shape == xb.shape == (1, 32, 32)  # as loaders ship it
+            xa, xb = ImageNormalize()(xa[None])[0], ImageNormalize()(xb[None])[0]  # as the task sees it
+            assert xa.shape == (3, 32, 32)
             # equal up to resize interpolation (128 -> 37 -> 32 px instead of 128 -> 32 px)
             diffs.append((xa - xb).abs().mean().item())
             assert np.corrcoef(xa.flatten(), xb.flatten())[0, 1] > 0.99
     assert max(diffs) < 0.06  # normalised units: about 0.013 of the 0-1 intensity range
+
+
+def test_augmented_training_tensors_are_identical_from_cache_and_raw_files(tmp_path):
+    """The cache stores exactly the training transform's first step (resize to size + margin), so the same
+    random draws give the same augmented tensor, bit for bit."""
+    full_size = make_synthetic_cxr(tmp_path / "data", num_images=30, size=128, seed=6)
+    cfg = data_cfg(full_size, tmp_path / "cache")
+    cfg.augmentation = "strong"
+    prepare_cache.main(["--data.image_dir", cfg.image_dir, "--data.labels_csv", cfg.labels_csv,
+                        "--data.image_size", "32", "--data.cache_dir", cfg.cache_dir])
+    cached = build_datasets(cfg, tmp_path).train
+    cfg.cache_dir = ""
+    raw = build_datasets(cfg, tmp_path).train
+    assert cached.cache is not None and raw.cache is None
+    for i in range(len(raw)):
+        torch.manual_seed(i)
+        from_raw = raw[i][0]
+        torch.manual_seed(i)
+        assert torch.equal(cached[i][0], from_raw)
+    torch.manual_seed(0)
+    first = raw[0][0]
+    assert not torch.equal(raw[0][0], first)  # augmentation is random: the equality above is not trivial
 
 
 def test_changed_size_builds_a_new_cache(tiny_cxr, tmp_path):
