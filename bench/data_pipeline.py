@@ -30,7 +30,7 @@ from bench.common import print_table, write_json
 from shared.cache import ImageCache
 from shared.cxr14 import CXRRecords, ChestXray14Dataset, FINDINGS
 from shared.config import config_from_dict
-from shared.data import build_image_transform, pre_crop_size
+from shared.data import build_image_transform, pre_crop_size, single_threaded_worker
 
 
 def write_pngs(folder: Path, count: int, size: int) -> list[Path]:
@@ -48,12 +48,13 @@ def write_pngs(folder: Path, count: int, size: int) -> list[Path]:
 
 def images_per_second(dataset, workers: int, batch_size: int, epochs: int = 2) -> float:
     """Steady-state throughput of full passes, after one untimed pass that starts the (persistent) workers
-    and warms the caches, as in a long training run. As the shared Engine does, objects alive before the
-    workers fork are frozen out of the garbage collector."""
+    and warms the caches, as in a long training run. The loader is set up as the shared Engine sets up its
+    own: objects alive before the workers fork are frozen out of the garbage collector, and each worker is
+    single-threaded."""
     gc.freeze()
     try:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                            persistent_workers=workers > 0)
+                            persistent_workers=workers > 0, worker_init_fn=single_threaded_worker)
         for _ in loader:
             pass
         start = time.perf_counter()

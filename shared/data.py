@@ -1,6 +1,7 @@
 """Data helpers shared by the 2D projects: safe image reading, class folders, seeded splits, transforms."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -104,6 +105,15 @@ def group_split(groups: Sequence, fractions: Sequence[float], seed: int) -> list
         left -= fraction
     parts.append(np.sort(remaining))
     return parts
+
+
+def single_threaded_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: SimpleITK gets one thread per worker, as torch already does by itself.
+    torchio resamples volumes through SimpleITK, which otherwise starts a thread per core in every worker,
+    so two workers on two cores ran no faster than one (measured in ``bench/data_pipeline.py``)."""
+    sitk = sys.modules.get("SimpleITK")  # only if the parent process imported it (via torchio)
+    if sitk is not None:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
 def pre_crop_size(image_size: int, margin: float) -> int:

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, _atomic_write, load_checkpoint, load_model_weights, save_checkpoint
 from .config import config_to_dict, save_config
+from .data import single_threaded_worker
 
 
 @dataclass
@@ -324,6 +325,7 @@ class Engine:
             dataset, batch_size=batch, shuffle=train and sampler is None, sampler=sampler,
             generator=generator if train else None, num_workers=cfg.num_workers, collate_fn=collate_fn,
             pin_memory=self.accelerator.device.type == "cuda", persistent_workers=cfg.num_workers > 0,
+            worker_init_fn=single_threaded_worker,
             drop_last=train and len(dataset) >= batch * self.accelerator.num_processes * 2,
         )
 

@@ -5,7 +5,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from shared.data import IMAGENET_MEAN, IMAGENET_STD, ImageNormalize, build_image_transform, pre_crop_size
+from shared.data import IMAGENET_MEAN, IMAGENET_STD, ImageNormalize, build_image_transform, pre_crop_size, \
+    single_threaded_worker
 from shared.tasks import MultiLabelTask
 
 
@@ -66,3 +67,14 @@ def test_multilabel_task_normalises_uint8_batches_before_the_model():
     expected = (1 - torch.tensor(IMAGENET_MEAN[:2])) / torch.tensor(IMAGENET_STD[:2])
     assert seen[0].shape == (2, 3, 4, 4) and seen[0].dtype == torch.float32
     torch.testing.assert_close(out["logits"], expected.expand(2, 2))
+
+
+def test_loader_workers_run_simpleitk_single_threaded():
+    sitk = pytest.importorskip("SimpleITK")  # torchio's resampler
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
+    try:
+        single_threaded_worker(0)
+        assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 1
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
