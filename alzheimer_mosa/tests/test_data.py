@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchio as tio
 
-from alzheimer_mosa.augment import build_transform
+from alzheimer_mosa.augment import RandomSeparableBiasField, SeparableBiasField, build_transform
 from alzheimer_mosa.config import AugmentConfig, DataConfig
 from alzheimer_mosa.data_loader import VolumeDataset, VolumeRecord, build_datasets, load_split_records, read_nifti
 from alzheimer_mosa.demo_data import synthetic_volume
@@ -83,6 +83,27 @@ def test_training_augmentation_changes_the_input_and_validation_does_not(brain):
     assert train_a.shape == val_a.shape
     off = AugmentConfig(flip_prob=0, affine_prob=0, noise_prob=0, bias_field_prob=0, gamma_prob=0)
     assert torch.allclose(transformed(brain, data, True, off), val_a)
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 16, 16), (2, 9, 6, 1), (1, 7, 12, 5)])
+def test_separable_bias_field_equals_torchio(shape):
+    coefficients = np.random.default_rng(0).uniform(-0.5, 0.5, 20).tolist()  # order 3: 20 coefficients
+    data = torch.rand(shape)
+    ours = SeparableBiasField.generate_bias_field(data, 3, coefficients)
+    reference = tio.BiasField.generate_bias_field(data, 3, coefficients)
+    assert ours.dtype == np.float32 and ours.shape == shape[1:]
+    np.testing.assert_allclose(ours, reference, rtol=1e-6)
+    assert ours.std() > 0.05  # a real field, not ones
+
+
+def test_random_separable_bias_field_samples_like_torchio():
+    image = tio.ScalarImage(tensor=torch.rand(1, 10, 8, 6) + 1.0)
+    outputs = []
+    for transform in (RandomSeparableBiasField(coefficients=0.4), tio.RandomBiasField(coefficients=0.4)):
+        torch.manual_seed(3)
+        outputs.append(transform(tio.Subject(image=image))["image"].data)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-6, atol=0)
+    assert not torch.allclose(outputs[0], image.data)
 
 
 def test_4d_volume_uses_first_frame(tmp_path):
