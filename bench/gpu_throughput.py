@@ -29,6 +29,7 @@ from timm.utils import ModelEmaV3
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import print_table, timed, write_json
+from shared.engine import fused_optimizer_kwargs
 from shared.losses import AsymmetricLoss
 
 
@@ -151,8 +152,9 @@ def run_recipe(workload: Workload, recipe: dict, size: int, batch_size: int, ste
     model = copy.deepcopy(base_model).to(device)
     if recipe["channels_last"]:
         model = model.to(memory_format=workload.memory_format)
-    fused = recipe["fused"] and device.type == "cuda"
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused, foreach=None if fused else False)
+    # (a) gets PyTorch's default AdamW (foreach on CUDA), as the source document's plain ``AdamW(params)``
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4,
+                                  **(fused_optimizer_kwargs("adamw", device) if recipe["fused"] else {}))
     scaler = torch.amp.GradScaler(device.type) if recipe["dtype"] == torch.float16 else None
     ema = FullCopyEMA(model) if recipe["ema"] == "full_copy" else ModelEmaV3(model, decay=0.9998)
     step_model = torch.compile(model) if recipe["compile"] else model

@@ -12,7 +12,9 @@ def test_engine_overhead_reports_both_loops(tmp_path):
     saved = json.loads((tmp_path / "e.json").read_text())
     assert saved["engine_steps_per_s"] > 0 and saved["bare_steps_per_s"] > 0
     assert saved["ratio"] == pytest.approx(result["engine_steps_per_s"] / result["bare_steps_per_s"])
-    assert "machine" in saved and "| shared Engine |" in saved["table"]
+    assert saved["no_ema_ratio"] == pytest.approx(saved["engine_no_ema_steps_per_s"] / saved["bare_steps_per_s"])
+    assert len(saved["engine_times"]) == len(saved["engine_no_ema_times"]) == len(saved["bare_times"]) == 1
+    assert "machine" in saved and "| shared Engine |" in saved["table"] and "EMA off" in saved["table"]
 
 
 def test_data_pipeline_compares_raw_memmap_and_arrow(tmp_path):

@@ -71,6 +71,15 @@ def test_warmup_starts_above_zero_and_cosine_reaches_min_lr(tmp_path):
     assert lrs[-1] < 2e-3 and lrs[-1] >= 1e-4
 
 
+@pytest.mark.parametrize("name, fused", [("adamw", True), ("adam", True), ("sgd", None)])
+def test_adam_optimizers_are_fused_on_cpu(tmp_path, name, fused):
+    engine = Engine(make_cfg(tmp_path, optimizer=name, ema=False), toy_model(), task(), toy_data(), None)
+    assert engine.optimizer.optimizer.defaults.get("fused") is fused
+    engine.fit()  # the fused CPU kernel trains
+    engine.close()
+    assert all(torch.isfinite(p).all() for p in engine.model.parameters())
+
+
 def test_ema_is_the_hand_computed_lerp_of_the_weights(tmp_path):
     decay = 0.8
     snapshots = []
