@@ -63,10 +63,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cfg = TrainConfig(output_dir=tempfile.mkdtemp(prefix="bench_engine_"), epochs=args.repeats + 1,
                       batch_size=args.batch_size, num_workers=0, mixed_precision=args.precision,
                       progress_bar=False, log_every=10, warmup_epochs=0.5, ema=True)
-    engine = Engine(cfg, model, MultiLabelTask(AsymmetricLoss(), [str(i) for i in range(14)]), data, None)
+    labels = [str(i) for i in range(14)]
+    engine = Engine(cfg, model, MultiLabelTask(AsymmetricLoss(), labels), data, None)
     no_ema_cfg = dataclasses.replace(cfg, output_dir=tempfile.mkdtemp(prefix="bench_engine_"), ema=False)
-    no_ema_engine = Engine(no_ema_cfg, no_ema_model, MultiLabelTask(AsymmetricLoss(), [str(i) for i in range(14)]),
-                           data, None)
+    no_ema_engine = Engine(no_ema_cfg, no_ema_model, MultiLabelTask(AsymmetricLoss(), labels), data, None)
 
     device = engine.accelerator.device
     bare_model.to(device)

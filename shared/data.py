@@ -173,13 +173,17 @@ class ImageNormalize(nn.Module):
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
         super().__init__()
-        self.mean, self.std = tuple(mean), tuple(std)
+        mean = torch.tensor(mean).view(1, -1, 1, 1)
+        std = torch.tensor(std).view(1, -1, 1, 1)
+        # (x / 255 - mean) / std = shift + x * scale
+        self.register_buffer("shift", -mean / std, persistent=False)
+        self.register_buffer("scale", 1 / (255 * std), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype != torch.uint8:
             raise TypeError(f"ImageNormalize expects uint8 images (build_image_transform(normalize=False)), "
                             f"got {images.dtype}")
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
-        # (x / 255 - mean) / std as one fused op; a grayscale (B, 1, H, W) broadcasts to (B, 3, H, W)
-        return torch.addcmul(-mean / std, images.float(), 1 / (255 * std))
+        if self.scale.device != images.device:  # once: the task, not the model, holds this module
+            self.to(images.device)
+        # one fused op; a grayscale (B, 1, H, W) broadcasts to (B, 3, H, W)
+        return torch.addcmul(self.shift, images.float(), self.scale)
