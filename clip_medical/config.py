@@ -75,7 +75,7 @@ class ClipTrainConfig:
                 raise ValueError(message)
 
 
-def engine_config(cfg: ClipTrainConfig, run_dir: str, resume_from: str | None) -> TrainConfig:
+def engine_config(cfg: ClipTrainConfig, run_dir: str) -> TrainConfig:
     """The shared engine's settings for one training run (one fold with CV)."""
     monitor, mode = MONITORS[cfg.early_stopping_monitor]
     use_cuda_amp = cfg.use_amp and torch.cuda.is_available()
@@ -97,8 +97,8 @@ def engine_config(cfg: ClipTrainConfig, run_dir: str, resume_from: str | None) -
             min_delta=cfg.early_stopping_min_delta,
         ),
         seed=cfg.random_state,
-        resume=resume_from is not None,
-        resume_checkpoint=resume_from or "",
+        resume=cfg.resume_from is not None,
+        resume_checkpoint=cfg.resume_from or "",
         save_best=cfg.save_best,
         progress_bar=sys.stderr.isatty(),  # per-epoch summary lines only when logging to a file
     )

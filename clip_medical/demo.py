@@ -11,7 +11,6 @@ character vocabulary built from its own class texts, saved as a normal Hugging F
 from __future__ import annotations
 
 import argparse
-import json
 import string
 from pathlib import Path
 
@@ -19,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import BertConfig, BertModel, BertTokenizer
+
+from clip_medical.json_files import write_json
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -90,12 +91,12 @@ def write_demo(output_dir: str | Path, images_per_class: int = 30, size: int = 6
         "text_encoder": write_tiny_text_encoder(output_dir / "text_encoder", list(DEMO_CLASS_TEXTS.values())),
         "config_file": output_dir / "train_clip_config.json",
     }
-    paths["class_texts_file"].write_text(json.dumps(DEMO_CLASS_TEXTS, ensure_ascii=False, indent=2), encoding="utf-8")
+    write_json(paths["class_texts_file"], DEMO_CLASS_TEXTS)
     tiny = {"text_encoder_name": str(paths["text_encoder"]), "embed_dim": 64, "batch_size": 8, "epochs": 3,
             "learning_rate": 3e-3, "img_size": size, "num_workers": 0, "pretrained": False}
     configs = [{"image_encoder_name": "starnet_dual_pyramid_rcf", **tiny},
                {"image_encoder_name": "resnet18", **tiny, "learning_rate": 1e-3, "augmentation": "minimal"}]
-    paths["config_file"].write_text(json.dumps(configs, ensure_ascii=False, indent=2), encoding="utf-8")
+    write_json(paths["config_file"], configs)
     return paths
 
 

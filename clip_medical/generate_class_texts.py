@@ -10,12 +10,12 @@ Step 1 of the guide's recommended method: generate from a template (or type each
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Callable, Sequence
 
 from shared import scan_class_folders
 from clip_medical.data import format_template
+from clip_medical.json_files import write_json
 
 DEFAULT_TEMPLATE = "这是一张{class_name}的医学图像"
 
@@ -45,8 +45,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
         raise FileExistsError(f"{output} exists (it may hold edited descriptions); pass --force to overwrite")
     _, class_names = scan_class_folders(args.data_dir)
     texts = generate_class_texts(class_names, args.template, args.interactive)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(texts, ensure_ascii=False, indent=2), encoding="utf-8")
+    write_json(output, texts)
     print(f"wrote {len(texts)} class texts to {output}")
     return texts
 

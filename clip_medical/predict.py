@@ -77,8 +77,9 @@ def predict(model: CLIPModel, tokenizer, class_texts: dict[str, str], paths: lis
     dataset = ImageLabelDataset(paths, [-1] * len(paths), build_image_transform(img_size, train=False))
     model = model.to(device)
     probs = []
+    task.on_eval_start(model)
     for images, _ in DataLoader(dataset, batch_size=batch_size):
-        logits, _ = task.logits(model, images.to(device))
+        logits = task.eval_logits(model, images.to(device))
         probs.append(logits.float().softmax(dim=1).cpu())
     probs = torch.cat(probs).numpy()
     table = pd.DataFrame(probs, columns=[f"prob_{name}" for name in names])

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import extract_model_from_parallel
 
 from shared import Task, multiclass_metrics
 from clip_medical.losses import class_logits, multi_positive_contrastive_loss
@@ -28,14 +29,30 @@ class ZeroShotCLIPTask(Task):
     def __init__(self, class_tokens: dict[str, torch.Tensor], class_names: list[str]):
         self.class_tokens = class_tokens  # input_ids / attention_mask [C, L]
         self.class_names = list(class_names)
+        self._eval_text: tuple[torch.Tensor, torch.Tensor] | None = None  # one evaluation's text side
+
+    def _tokens(self, device: torch.device) -> dict[str, torch.Tensor]:
+        return {name: value.to(device) for name, value in self.class_tokens.items()}
 
     def logits(self, model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class logits [B, C] and the logit scale 1/T."""
-        tokens = {name: value.to(images.device) for name, value in self.class_tokens.items()}
-        image_emb, text_emb, logit_scale = model(images, **tokens)
+        """Class logits [B, C] and the logit scale 1/T, both towers in one forward (training)."""
+        image_emb, text_emb, logit_scale = model(images, **self._tokens(images.device))
         return class_logits(image_emb, text_emb, logit_scale), logit_scale
 
+    def on_eval_start(self, model: torch.nn.Module) -> None:
+        self._eval_text = None  # encoded on the evaluation's first batch, under its autocast
+
+    def eval_logits(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Class logits [B, C] without gradients: the class texts do not change during an evaluation, so
+        they go through the text encoder once (after :meth:`on_eval_start`), not once per batch."""
+        clip = extract_model_from_parallel(model)
+        if self._eval_text is None:
+            self._eval_text = clip.encode_text(**self._tokens(images.device)), clip.clamped_logit_scale()
+        text_emb, logit_scale = self._eval_text
+        return class_logits(clip.encode_image(images), text_emb, logit_scale)
+
     def training_step(self, model, batch) -> dict[str, Any]:
+        self._eval_text = None  # the weights change from here on
         images, labels = batch
         logits, logit_scale = self.logits(model, images)
         accuracy = (logits.argmax(dim=1) == labels).float().mean() * 100
@@ -44,7 +61,7 @@ class ZeroShotCLIPTask(Task):
 
     def eval_step(self, model, batch) -> dict[str, torch.Tensor]:
         images, labels = batch
-        logits, _ = self.logits(model, images)
+        logits = self.eval_logits(model, images)
         batch_loss = multi_positive_contrastive_loss(logits, labels)
         return {"logits": logits.float(), "labels": labels, "batch_loss": batch_loss.detach().expand(len(labels))}
 

@@ -22,8 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from shared import (CheckpointError, ConfigError, Engine, build_image_transform, config_from_dict, load_checkpoint,
-                    process_state)
+from shared import ConfigError, Engine, build_image_transform, config_from_dict, process_state
 from clip_medical.config import MONITORS, ClipTrainConfig, engine_config
 from clip_medical.data import ClassFolderData, class_balanced_weights, cross_validation_folds, train_val_split
 from clip_medical.models import IMAGE_ENCODERS, build_clip_model, tokenize
@@ -121,17 +120,10 @@ def _best_epoch(history: list[dict], key: str, mode: str) -> int:
     return int(np.nanargmax(values) if mode == "max" else np.nanargmin(values)) + 1  # first occurrence, as the engine
 
 
-def _check_resume_classes(path: str, class_names: list[str]) -> None:
-    saved = load_checkpoint(path).get("class_names")
-    if saved is not None and list(saved) != class_names:
-        raise CheckpointError(f"{path} was trained on classes {list(saved)}, but --data-dir holds {class_names}")
-
-
 def make_engine(cfg: ClipTrainConfig, data: ClassFolderData, train_idx: np.ndarray, val_idx: np.ndarray,
-                run_dir: Path, resume_from: str | None) -> Engine:
-    """A fresh model (pretrained towers) on one split, wired to the shared engine."""
-    if resume_from:
-        _check_resume_classes(resume_from, data.class_names)
+                run_dir: Path) -> Engine:
+    """A fresh model (pretrained towers) on one split, wired to the shared engine (which refuses to resume
+    a checkpoint trained on other classes)."""
     model, tokenizer = build_clip_model(cfg.image_encoder_name, cfg.text_encoder_name, cfg.embed_dim,
                                         cfg.temperature, cfg.img_size, pretrained_image=cfg.pretrained)
     if process_state().is_main_process:
@@ -139,7 +131,7 @@ def make_engine(cfg: ClipTrainConfig, data: ClassFolderData, train_idx: np.ndarr
         model.text_encoder.config.save_pretrained(run_dir / TEXT_ENCODER_DIR)
     train_set = data.subset(train_idx, build_image_transform(cfg.img_size, True, cfg.augmentation))
     return Engine(
-        engine_config(cfg, str(run_dir), resume_from), model,
+        engine_config(cfg, str(run_dir)), model,
         ZeroShotCLIPTask(tokenize(tokenizer, data.class_texts), data.class_names),
         train_set, data.subset(val_idx, build_image_transform(cfg.img_size, False)),
         output_dir=run_dir, checkpoint_dir=run_dir, callbacks=[GuideHistoryWriter(run_dir)],
@@ -151,10 +143,10 @@ def make_engine(cfg: ClipTrainConfig, data: ClassFolderData, train_idx: np.ndarr
 
 
 def train_split(cfg: ClipTrainConfig, data: ClassFolderData, train_idx: np.ndarray, val_idx: np.ndarray,
-                run_dir: Path, resume_from: str | None = None) -> dict[str, Any]:
+                run_dir: Path) -> dict[str, Any]:
     """Train on one split, report the best checkpoint (or the final model) on its validation part,
     and return the run's summary (the per-fold row of cv_summary.json)."""
-    engine = make_engine(cfg, data, train_idx, val_idx, run_dir, resume_from)
+    engine = make_engine(cfg, data, train_idx, val_idx, run_dir)
     history = engine.fit()
     best_epoch = _best_epoch(history, *MONITORS[cfg.early_stopping_monitor])
     if cfg.save_best:
@@ -190,7 +182,7 @@ def run_config(cfg: ClipTrainConfig) -> dict[str, Any]:
 
     if not cfg.use_cv:
         train_idx, val_idx = train_val_split(data.labels, cfg.val_fraction, cfg.random_state)
-        return train_split(cfg, data, train_idx, val_idx, out, cfg.resume_from)
+        return train_split(cfg, data, train_idx, val_idx, out)
 
     results = []
     for fold, (train_idx, val_idx) in enumerate(cross_validation_folds(data.labels, cfg.n_splits, cfg.random_state), 1):

@@ -392,6 +392,9 @@ class Engine:
         if "optimizer" not in state:
             raise CheckpointError(f"{path} holds weights only (a best/export checkpoint); "
                                   f"resume from {self.checkpoint_names['latest']}")
+        saved_classes, classes = state.get("class_names"), self.checkpoint_extra.get("class_names")
+        if saved_classes is not None and classes is not None and list(saved_classes) != list(classes):
+            raise CheckpointError(f"{path} was trained on classes {list(saved_classes)}, but this run has {list(classes)}")
         load_model_weights(self.accelerator.unwrap_model(self.model), state["model"], source=str(path))
         if self.ema is not None and state.get("ema") is not None:
             load_model_weights(self.ema.module, state["ema"], source=f"{path} (EMA)")

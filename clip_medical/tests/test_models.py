@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from clip_medical.models import (IMAGE_ENCODERS, CLIPModel, StarNetDualPyramidRCF, build_image_encoder,
                                  create_timm_backbone, load_text_encoder, tokenize)
 from clip_medical.models.starnet_dual_pyramid_rcf import PooledKVAttention
+from clip_medical.task import ZeroShotCLIPTask
 
 EMBED_DIM = 16
 
@@ -170,3 +171,22 @@ def test_tokenizer_from_written_vocab_covers_chinese(text_encoder_dir, text_towe
 def test_missing_text_encoder_gives_clear_error(tmp_path):
     with pytest.raises(OSError, match="(?s)Cannot load text encoder .*local directory"):
         load_text_encoder(str(tmp_path / "no_such_model"))
+
+
+def test_evaluation_encodes_the_class_texts_once_and_matches_the_joint_forward(text_tower):
+    text_model, tokenizer = text_tower
+    model = CLIPModel(build_image_encoder("resnet18", pretrained=False, img_size=32), text_model,
+                      embed_dim=EMBED_DIM).eval()
+    task = ZeroShotCLIPTask(tokenize(tokenizer, ["正常", "肺炎病变"]), ["正常", "肺炎"])
+    calls = []
+    model.text_encoder.register_forward_hook(lambda *_: calls.append(1))
+    batches = [torch.randn(3, 3, 32, 32) for _ in range(3)]
+    with torch.no_grad():
+        task.on_eval_start(model)
+        evaluated = [task.eval_logits(model, images) for images in batches]
+        assert len(calls) == 1
+        for images, logits in zip(batches, evaluated):
+            torch.testing.assert_close(logits, task.logits(model, images)[0])
+        task.training_step(model, (batches[0], torch.tensor([0, 1, 0])))  # the weights may change now
+        task.eval_logits(model, batches[0])
+    assert len(calls) == 1 + 3 + 1 + 1  # the evaluation, 3 joint forwards, the training step, a fresh encoding
