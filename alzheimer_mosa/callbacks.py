@@ -40,9 +40,8 @@ class TensorBoardCallback(Callback):
     """``Train/Batch/*``, ``Train/*``, ``Val/*`` scalars, ``Params/*``/``Grads/*`` histograms and
     validation figures, all through the engine's SummaryWriter."""
 
-    def __init__(self, task: VolumeClassificationTask, positive_index: int, logging_cfg: LoggingConfig,
-                 figure_dir: Path):
-        self.task, self.positive_index, self.cfg, self.figure_dir = task, positive_index, logging_cfg, figure_dir
+    def __init__(self, task: VolumeClassificationTask, logging_cfg: LoggingConfig, figure_dir: Path):
+        self.task, self.cfg, self.figure_dir = task, logging_cfg, figure_dir
         self._logits: list[torch.Tensor] = []
         self._targets: list[torch.Tensor] = []
         self._grads: dict[str, torch.Tensor] = {}
@@ -53,7 +52,8 @@ class TensorBoardCallback(Callback):
 
     def _metrics(self, logits: torch.Tensor, targets: torch.Tensor, quiet: bool) -> dict[str, Any]:
         probs = torch.softmax(logits.float(), dim=1).numpy()
-        return compute_metrics(targets.numpy(), probs, self.task.class_names, self.positive_index, quiet=quiet)
+        return compute_metrics(targets.numpy(), probs, self.task.class_names, self.task.positive_class,
+                               quiet=quiet)
 
     def on_epoch_start(self, engine: Engine, epoch: int) -> None:
         self._logits, self._targets = [], []
@@ -69,12 +69,14 @@ class TensorBoardCallback(Callback):
     def on_train_batch_end(self, engine: Engine, batch: Any, outputs: dict[str, Any]) -> None:
         acc = engine.accelerator
         logits, targets = acc.gather((outputs["logits"].float(), outputs["targets"]))
-        loss = acc.reduce(outputs["loss"].detach().float(), "mean")
         logits, targets = logits.cpu(), targets.cpu()
         self._logits.append(logits)
         self._targets.append(targets)
+        if not self.cfg.batch_metrics:
+            return
+        loss = acc.reduce(outputs["loss"].detach().float(), "mean")  # a collective: every process calls it
         writer = engine.tensorboard
-        if writer is None or not self.cfg.batch_metrics:
+        if writer is None:
             return
         step = engine.global_step
         writer.add_scalar("Train/Batch/loss", loss.item(), step)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -195,15 +195,10 @@ def extract_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
     return checkpoint
 
 
-def load_pretrained_resnet(
-    model: ResNet3d,
-    path: str | Path,
-    key_map: Callable[[str], str | None] = pretrained_key_map,
-    skip_head: bool = True,
-) -> tuple[list[str], list[str]]:
+def load_pretrained_resnet(model: ResNet3d, path: str | Path) -> tuple[list[str], list[str]]:
     """Load ResNet weights (MedicalNet, ``pretrain_resnet.py`` or Mosa checkpoints) into ``model``.
 
-    Keys go through ``key_map``; the classifier ``fc`` is skipped by default because its class count
+    Keys go through :func:`pretrained_key_map`; the classifier ``fc`` is skipped because its class count
     belongs to the pretraining task. Returns ``(missing, unexpected)`` key lists; a tensor whose
     shape differs from the model's is an error naming the key, not a silent skip.
     """
@@ -215,8 +210,8 @@ def load_pretrained_resnet(
     mapped: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
     for key, tensor in raw.items():
-        new_key = key_map(key)
-        if new_key is None or (skip_head and new_key.startswith("fc.")):
+        new_key = pretrained_key_map(key)
+        if new_key is None or new_key.startswith("fc."):
             continue
         if new_key not in own:
             unexpected.append(key)
@@ -229,7 +224,7 @@ def load_pretrained_resnet(
         mapped[new_key] = tensor
     if not mapped:
         raise ValueError(f"{path}: no weight matches the model; is this a 3D ResNet checkpoint?")
-    missing = [k for k in own if k not in mapped and not (skip_head and k.startswith("fc."))]
+    missing = [k for k in own if k not in mapped and not k.startswith("fc.")]
     model.load_state_dict(mapped, strict=False)
     logger.info("loaded %d tensors from %s (%d missing, %d unexpected)", len(mapped), path, len(missing), len(unexpected))
     if missing:

@@ -101,7 +101,7 @@ def run_folder(cfg: Config, run_name: str) -> Path:
 
 
 def evaluate_split(engine: Engine, task: VolumeClassificationTask, dataset: VolumeDataset, split: str,
-                   positive_index: int, out_dir: Path, export_per_class: bool) -> dict[str, Any]:
+                   out_dir: Path, export_per_class: bool) -> dict[str, Any]:
     """Metrics, figures (PNG + TensorBoard ``<Split>/*`` at the final step) and per-class JSON of a split."""
     metrics, outputs = engine.evaluate(dataset)
     if not engine.accelerator.is_main_process:
@@ -112,7 +112,7 @@ def evaluate_split(engine: Engine, task: VolumeClassificationTask, dataset: Volu
     if export_per_class:
         write_json(out_dir / f"{split}_per_class_metrics.json",
                    {"classes": per_class_report(metrics, class_names, outputs["targets"]),
-                    "positive_class": class_names[positive_index],
+                    "positive_class": class_names[task.positive_class],
                     "confusion_matrix": {"rows_true_columns_predicted": class_names,
                                          "matrix": metrics["confusion_matrix"]}})
     writer = engine.tensorboard
@@ -145,10 +145,9 @@ def train(cfg: Config, build_model: Callable[[Config], nn.Module], run_name: str
     with state.main_process_first():  # the demo set is written once
         datasets = build_datasets(cfg)
     model = build_model(cfg)
-    class_names, positive_index = cfg.data.class_names, cfg.data.positive_index
     out_dir = run_folder(cfg, run_name)
     task = build_task(cfg)
-    callbacks = [TensorBoardCallback(task, positive_index, cfg.logging, out_dir / "figures")]
+    callbacks = [TensorBoardCallback(task, cfg.logging, out_dir / "figures")]
     if cfg.backbone.freeze_epochs > 0 and hasattr(model, "set_backbone_frozen"):
         callbacks.append(BackboneFreezeCallback(cfg.backbone.freeze_epochs))
     engine = Engine(
@@ -163,8 +162,7 @@ def train(cfg: Config, build_model: Callable[[Config], nn.Module], run_name: str
         history = engine.fit()
         best_epoch, best_metric = load_best_weights(engine)
         evaluated = {
-            split: evaluate_split(engine, task, datasets[key], split, positive_index, out_dir,
-                                  cfg.logging.export_per_class)
+            split: evaluate_split(engine, task, datasets[key], split, out_dir, cfg.logging.export_per_class)
             for split, key in (("best_val", "val"), ("test", "test")) if key in datasets
         }
     finally:
@@ -173,7 +171,7 @@ def train(cfg: Config, build_model: Callable[[Config], nn.Module], run_name: str
         "run_name": run_name, "log_dir": str(out_dir), "checkpoint_dir": str(engine.checkpoint_dir),
         "monitor": cfg.training.monitor, "best_epoch": best_epoch, "best_metric": best_metric,
         "epochs_run": len(history), "global_step": engine.global_step,
-        "class_names": class_names, "positive_class": cfg.data.positive_class,
+        "class_names": cfg.data.class_names, "positive_class": cfg.data.positive_class,
         "best_val": scalar_metrics(evaluated["best_val"]),
         "test": scalar_metrics(evaluated["test"]) if "test" in evaluated else None,
         "config": config_to_dict(cfg),
