@@ -13,8 +13,6 @@ from shared.config import ConfigError
 
 from .models.classifier import HierarchicalOutput
 
-LOSS_NAMES = {"bce": "bce", "focal": "focal", "asl": "asymmetric_loss"}  # LOSS.type -> shared.build_loss
-
 
 def membership_matrix(groups: Mapping[str, Sequence[str]], findings: Sequence[str]) -> torch.Tensor:
     """[num_groups, num_findings] 0/1 matrix; every finding must belong to exactly one group."""
@@ -52,7 +50,7 @@ def build_finding_loss(loss_cfg, train_labels: np.ndarray) -> nn.Module:
         if len(pos_weight) != train_labels.shape[1]:
             raise ConfigError(f"LOSS.pos_weight has {len(pos_weight)} values for {train_labels.shape[1]} findings")
         kwargs["pos_weight"] = torch.tensor(pos_weight, dtype=torch.float32)
-    return build_loss(LOSS_NAMES[loss_cfg["type"]], **kwargs)
+    return build_loss(loss_cfg["type"], **kwargs)  # bce | focal | asl are shared.build_loss names
 
 
 class HierarchicalLoss(nn.Module):

@@ -17,8 +17,6 @@ try:  # optional dependency: the fused kernel from the Mamba authors
 except ImportError:
     _fused_selective_scan = None
 
-FUSED_KERNEL_AVAILABLE = _fused_selective_scan is not None
-
 
 def _parallel_linear_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Solve h_t = a_t * h_{t-1} + b_t (h_{-1} = 0) along dim -2. a, b: [..., L, N] -> h: [..., L, N]."""
