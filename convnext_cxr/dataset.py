@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.cache import ImageCache
-from shared.cxr14 import FINDINGS, ChestXray14Dataset, CXRRecords, load_records, make_synthetic_cxr, split_records
+from shared.cxr14 import FINDINGS, ChestXray14Dataset, CXRRecords, demo_cxr_paths, load_records, split_records
 from shared.data import DataError, build_image_transform, pre_crop_size
 
 
@@ -38,12 +38,7 @@ class CXRSplits:
 def resolve_data_paths(cfg: DataConfig, output_dir: str | Path, seed: int) -> tuple[Path, Path]:
     """Where the images and labels are; with ``demo: true`` generate them first (once)."""
     if cfg.demo:
-        demo_dir = Path(output_dir) / "demo_data"
-        csv_path = demo_dir / "Data_Entry_2017.csv"
-        if not csv_path.is_file():
-            make_synthetic_cxr(demo_dir, num_images=cfg.demo_num_images, size=max(64, cfg.image_size), seed=seed,
-                               findings=cfg.findings)
-        return demo_dir / "images", csv_path
+        return demo_cxr_paths(Path(output_dir) / "demo_data", cfg.demo_num_images, cfg.image_size, seed, cfg.findings)
     image_dir, csv_path = Path(cfg.image_dir), Path(cfg.labels_csv)
     if not image_dir.is_dir() or not csv_path.is_file():
         raise DataError(f"ChestX-ray14 data not found (data.image_dir={image_dir}, data.labels_csv={csv_path}). "

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 from torchvision.transforms import v2
 
-from shared.cxr14 import FINDINGS, ChestXray14Dataset, load_records, make_synthetic_cxr, split_records
+from shared.cxr14 import FINDINGS, ChestXray14Dataset, demo_cxr_paths, load_records, split_records
 from shared.data import DataError, build_image_transform
 
 
@@ -28,12 +28,8 @@ def resolve_data_paths(config) -> tuple[Path, Path]:
     """(image folder, label CSV); with ``DATA.demo`` a synthetic set is generated once under the run folder."""
     data = config.DATA
     if data["demo"]:
-        demo_dir = Path(config.CHECKPOINT["save_dir"]) / "demo_data"
-        csv_path = demo_dir / "Data_Entry_2017.csv"
-        if not csv_path.is_file():
-            make_synthetic_cxr(demo_dir, num_images=data["demo_num_images"], size=max(64, data["image_size"]),
-                               seed=config.TRAIN["seed"])
-        return demo_dir / "images", csv_path
+        return demo_cxr_paths(Path(config.CHECKPOINT["save_dir"]) / "demo_data", data["demo_num_images"],
+                              data["image_size"], config.TRAIN["seed"])
     image_dir, csv_path = Path(data["data_dir"]), Path(data["labels_file"])
     if not image_dir.is_dir() or not csv_path.is_file():
         raise DataError(

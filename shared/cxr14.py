@@ -241,3 +241,14 @@ def make_synthetic_cxr(out_dir: str | Path, num_images: int = 600, size: int = 6
     csv_path = out_dir / "Data_Entry_2017.csv"
     pd.DataFrame(rows).to_csv(csv_path, index=False)
     return image_dir, csv_path
+
+
+def demo_cxr_paths(out_dir: str | Path, num_images: int, image_size: int, seed: int,
+                   findings: Sequence[str] = FINDINGS) -> tuple[Path, Path]:
+    """(image folder, label CSV) of the synthetic demo set in ``out_dir``, written on first use with images
+    of ``max(64, image_size)`` px. The CSV is written last, so its presence means a finished set."""
+    out_dir = Path(out_dir)
+    csv_path = out_dir / "Data_Entry_2017.csv"
+    if csv_path.is_file():
+        return out_dir / "images", csv_path
+    return make_synthetic_cxr(out_dir, num_images=num_images, size=max(64, image_size), seed=seed, findings=findings)
