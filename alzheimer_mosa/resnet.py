@@ -16,6 +16,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from shared.checkpoint import CheckpointError, load_checkpoint
+
 logger = logging.getLogger(__name__)
 
 Size3d = tuple[int, int, int]
@@ -199,13 +201,13 @@ def load_pretrained_resnet(model: ResNet3d, path: str | Path) -> tuple[list[str]
     """Load ResNet weights (MedicalNet, ``pretrain_resnet.py`` or Mosa checkpoints) into ``model``.
 
     Keys go through :func:`pretrained_key_map`; the classifier ``fc`` is skipped because its class count
-    belongs to the pretraining task. Returns ``(missing, unexpected)`` key lists; a tensor whose
-    shape differs from the model's is an error naming the key, not a silent skip.
+    belongs to the pretraining task. Returns ``(missing, unexpected)`` key lists. A missing or unreadable
+    file, or a tensor whose shape differs from the model's, is a CheckpointError naming it, not a silent skip.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained ResNet weights not found: {path}")
-    raw = extract_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        raise CheckpointError(f"pretrained ResNet weights not found: {path} (set backbone.pretrained_path)")
+    raw = extract_state_dict(load_checkpoint(path))
     own = model.state_dict()
     mapped: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
@@ -217,13 +219,13 @@ def load_pretrained_resnet(model: ResNet3d, path: str | Path) -> tuple[list[str]
             unexpected.append(key)
             continue
         if tuple(tensor.shape) != tuple(own[new_key].shape):
-            raise ValueError(
+            raise CheckpointError(
                 f"{path}: weight {key!r} -> {new_key!r} has shape {tuple(tensor.shape)}, "
                 f"model expects {tuple(own[new_key].shape)} (different depth, width or in_channels?)"
             )
         mapped[new_key] = tensor
     if not mapped:
-        raise ValueError(f"{path}: no weight matches the model; is this a 3D ResNet checkpoint?")
+        raise CheckpointError(f"{path}: no weight matches the model; is this a 3D ResNet checkpoint?")
     missing = [k for k in own if k not in mapped and not k.startswith("fc.")]
     model.load_state_dict(mapped, strict=False)
     logger.info("loaded %d tensors from %s (%d missing, %d unexpected)", len(mapped), path, len(missing), len(unexpected))

@@ -135,7 +135,7 @@ def make_engine(cfg: ClipTrainConfig, data: ClassFolderData, train_idx: np.ndarr
         ZeroShotCLIPTask(tokenize(tokenizer, data.class_texts), data.class_names),
         train_set, data.subset(val_idx, build_image_transform(cfg.img_size, False)),
         output_dir=run_dir, checkpoint_dir=run_dir, callbacks=[GuideHistoryWriter(run_dir)],
-        checkpoint_extra={"class_names": data.class_names, "class_to_idx": data.class_to_idx,
+        checkpoint_extra={"class_to_idx": data.class_to_idx,
                           "class_texts": dict(zip(data.class_names, data.class_texts)), "config": asdict(cfg),
                           "text_encoder_dir": TEXT_ENCODER_DIR},
         sample_weights=class_balanced_weights(train_set.labels) if cfg.balanced_sampling else None,

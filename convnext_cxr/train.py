@@ -27,6 +27,13 @@ from shared import (EarlyStoppingConfig, config_to_dict, Engine, ImageNormalize,
 
 DEFAULT_CONFIG = Path(__file__).with_name("config.yaml")
 
+#: The source document's config spellings, accepted in a YAML file and on the command line.
+SOURCE_KEY_ALIASES = {
+    "learning_rate": "train.lr", "train.learning_rate": "train.lr",
+    "num_epochs": "train.epochs", "train.num_epochs": "train.epochs",
+    "batch_size": "train.batch_size", "loss_type": "loss.loss_type",
+}
+
 
 def _default_train() -> TrainConfig:
     return TrainConfig(output_dir="runs/convnext_cxr",
@@ -47,7 +54,7 @@ def parse_config(argv: Sequence[str] | None) -> CXRConfig:
         epilog="Override any config key: --train.lr 3e-4, --data.image_size 384 or --set train.epochs=50")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
     args, overrides = parser.parse_known_args(argv)
-    return load_config(CXRConfig, args.config, overrides)
+    return load_config(CXRConfig, args.config, overrides, aliases=SOURCE_KEY_ALIASES)
 
 
 def evaluate_on_test(engine: Engine, splits: CXRSplits, use_ema: bool) -> dict:
@@ -97,8 +104,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     model = build_model(cfg.model, num_labels=len(splits.findings))
     task = MultiLabelTask(build_criterion(cfg.loss, splits.train.records.labels), splits.findings,
                           input_transform=ImageNormalize() if cfg.data.normalize_on_device else None)
-    engine = Engine(cfg.train, model, task, splits.train, splits.val, run_config=cfg,
-                    checkpoint_extra={"class_names": splits.findings}, project_name="convnext_cxr")
+    engine = Engine(cfg.train, model, task, splits.train, splits.val, run_config=cfg, project_name="convnext_cxr")
     engine.accelerator.print(f"train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)} images, "
                              f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
                              f"on {engine.accelerator.num_processes} processes")

@@ -189,7 +189,7 @@ class ConvNeXtTrainer:
         )
         self.engine = Engine(
             cfg, self.model, task, train_set, val_set, collate_fn=collate_fn, run_config=self.run_config,
-            checkpoint_extra={"class_names": class_names, **self.checkpoint_extra}, project_name="convnext_v2",
+            checkpoint_extra=self.checkpoint_extra, project_name="convnext_v2",
         )
         self.history = self.engine.fit()
         if self.engine.accelerator.is_main_process and self.history:

@@ -23,7 +23,7 @@ class HybridMedNetTask(Task):
 
     def __init__(self, finding_loss: nn.Module, findings: Sequence[str],
                  hierarchy: HierarchicalLoss | None = None, group_names: Sequence[str] = ()):
-        self.finding_loss, self.findings = finding_loss, list(findings)
+        self.finding_loss, self.class_names = finding_loss, list(findings)
         self.hierarchy, self.group_names = hierarchy, list(group_names)
 
     def _loss(self, output: torch.Tensor | HierarchicalOutput, targets: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -44,7 +44,7 @@ class HybridMedNetTask(Task):
 
     def compute_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
         logits, targets = torch.from_numpy(outputs["logits"]), torch.from_numpy(outputs["targets"]).float()
-        metrics = multilabel_metrics(outputs["targets"], logits.sigmoid().numpy(), self.findings)
+        metrics = multilabel_metrics(outputs["targets"], logits.sigmoid().numpy(), self.class_names)
         if self.hierarchy is None:
             metrics["loss"] = float(self._loss(logits, targets)["loss"])
             return metrics

@@ -16,11 +16,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from accelerate import PartialState
 from accelerate.utils import set_seed
 from torch.utils.data import Dataset
 
-from shared import Callback, EarlyStoppingConfig, Engine, TrainConfig, plot_roc_curves, plot_training_curves
+from shared import (Callback, EarlyStoppingConfig, Engine, TrainConfig, plot_roc_curves, plot_training_curves,
+                    process_state)
 from shared.cxr14 import FINDINGS
 
 from hybridmednet.configs.default_config import Config
@@ -64,8 +64,7 @@ def build_engine(config: Config, train_set: Dataset, val_set: Dataset | None, tr
     log_dir = config.LOGGING["log_dir"] or None
     set_seed(config.TRAIN["seed"])  # the model's random initialisation is part of the run's recipe
     return Engine(engine_config(config), HybridMedNet(config), build_task(config, train_labels), train_set,
-                  val_set, callbacks=callbacks, run_config=config, log_dir=log_dir,
-                  checkpoint_extra={"findings": list(FINDINGS)})
+                  val_set, callbacks=callbacks, run_config=config, log_dir=log_dir)
 
 
 def final_evaluation(engine: Engine, splits: CXRSplits, use_ema: bool) -> dict:
@@ -100,12 +99,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--config", default=None, help="YAML file with MODEL/TRAIN/DATA/LOSS/... sections")
     args, overrides = parser.parse_known_args(argv)
     config = Config.load(args.config, overrides)
-    with PartialState().main_process_first():  # only one process writes the demo set
+    # process_state, not a bare PartialState: on a CPU machine only it joins torchrun's processes into one
+    # gloo group (a bare one leaves each process alone, all writing the same run folder)
+    with process_state().main_process_first():  # one process writes the demo set
         splits = build_datasets(config)
     train_labels = splits.train.records.labels
     engine = build_engine(config, splits.train, splits.val if len(splits.val) else None, train_labels)
     engine.accelerator.print(f"{config.MODEL['backbone']}: {len(splits.train)} train / {len(splits.val)} val / "
-                             f"{len(splits.test)} test images")
+                             f"{len(splits.test)} test images on {engine.accelerator.num_processes} processes")
     engine.fit()
     results = final_evaluation(engine, splits, use_ema=config.TRAIN["ema"])
     engine.close()

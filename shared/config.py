@@ -2,16 +2,18 @@
 
 A project describes its settings as nested dataclasses. ``load_config`` starts from the dataclass
 defaults, applies a YAML file, then command-line overrides written either as ``--train.lr 3e-4`` or
-``--set train.lr=3e-4``. Unknown keys are rejected with the list of valid ones, so a typo never
-silently trains with a default.
+``--set train.lr=3e-4``. Unknown keys are rejected with the closest valid key and the list of valid
+ones, so a typo never silently trains with a default. A project may accept other spellings of its keys
+(a source document's ``learning_rate`` for ``train.lr``) through an alias table, declared as data.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
 
@@ -104,8 +106,10 @@ def _build(cls: type[T], values: dict, prefix: str = "") -> T:
     types_ = _field_types(cls)
     unknown = sorted(set(values) - set(types_))
     if unknown:
+        hints = [f"did you mean {prefix + close[0]}?" for key in unknown
+                 for close in [difflib.get_close_matches(key, list(types_), n=1, cutoff=0.5)] if close]
         raise ConfigError(
-            f"unknown config key(s) {[prefix + k for k in unknown]}; "
+            f"unknown config key(s) {[prefix + k for k in unknown]}; {' '.join(hints + [''])}"
             f"valid keys here: {[prefix + k for k in sorted(types_)]}"
         )
     base = cls()
@@ -179,8 +183,37 @@ def parse_overrides(argv: Sequence[str]) -> dict:
     return nested
 
 
-def load_config(cls: type[T], path: str | Path | None = None, argv: Sequence[str] = ()) -> T:
-    """Defaults of ``cls`` <- YAML file at ``path`` <- command-line overrides in ``argv``."""
+def apply_aliases(values: dict, aliases: Mapping[str, str]) -> dict:
+    """Rename the dotted keys of ``aliases`` (alias -> canonical key) in a nested mapping of settings.
+
+    Giving both spellings of one key is an error rather than a silent choice between them.
+    """
+    values = _deep_merge({}, values)
+    for alias, canonical in aliases.items():
+        *parents, leaf = alias.split(".")
+        node = values
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node.pop(leaf)
+        *target_parents, target_leaf = canonical.split(".")
+        target = values
+        for part in target_parents:
+            target = target.setdefault(part, {})
+        if target_leaf in target:
+            raise ConfigError(f"{alias} is another name for {canonical}; give only one of them")
+        target[target_leaf] = value
+    return values
+
+
+def load_config(cls: type[T], path: str | Path | None = None, argv: Sequence[str] = (),
+                aliases: Mapping[str, str] | None = None) -> T:
+    """Defaults of ``cls`` <- YAML file at ``path`` <- command-line overrides in ``argv``.
+
+    ``aliases`` maps other spellings of keys to their dotted names, e.g. ``{"train.learning_rate": "train.lr"}``;
+    they are accepted in the YAML file and on the command line alike.
+    """
     values: dict = {}
     if path is not None:
         path = Path(path)
@@ -190,8 +223,9 @@ def load_config(cls: type[T], path: str | Path | None = None, argv: Sequence[str
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
         values = loaded
-    values = _deep_merge(values, parse_overrides(argv))
     try:
+        values = apply_aliases(values, aliases or {})
+        values = _deep_merge(values, apply_aliases(parse_overrides(argv), aliases or {}))
         return _build(cls, values)
     except ConfigError as err:
         where = f" (from {path} and command line)" if path else ""

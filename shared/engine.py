@@ -128,6 +128,10 @@ class Task:
     def on_eval_start(self, model: nn.Module) -> None:
         """Hook to precompute something once per evaluation (e.g. class text embeddings)."""
 
+    #: The classes in output order. The engine writes them into every checkpoint under ``class_names``
+    #: and refuses to resume a checkpoint whose classes or class order differ.
+    class_names: Sequence[str] | None = None
+
 
 class Callback:
     """Hooks into the loop; all optional. ``engine`` exposes accelerator, model, ema, global_step."""
@@ -231,6 +235,8 @@ class Engine:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else self.output_dir / "checkpoints"
         self.checkpoint_names = {**self.CHECKPOINT_NAMES, **(checkpoint_names or {})}
         self.checkpoint_extra = _plain(dict(checkpoint_extra or {}))
+        if task.class_names is not None:
+            self.checkpoint_extra["class_names"] = list(task.class_names)
         self.run_config = run_config
         self.accelerator = self._make_accelerator(log_dir or self.output_dir / "logs")
         set_seed(cfg.seed)

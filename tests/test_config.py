@@ -51,3 +51,23 @@ def test_saved_config_round_trips(tmp_path):
     save_config(cfg, tmp_path / "run" / "config.yaml")
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["lr"] == 0.5
     assert load_config(Root, tmp_path / "run" / "config.yaml") == cfg
+
+
+ALIASES = {"learning_rate": "train.lr", "train.learning_rate": "train.lr", "train.num_epochs": "train.epochs"}
+
+
+def test_aliases_rename_keys_in_files_and_on_the_command_line(tmp_path):
+    path = tmp_path / "source.yaml"
+    path.write_text("learning_rate: 0.25\ntrain:\n  num_epochs: 7\n")
+    cfg = load_config(Root, path, ["--train.learning_rate", "0.5"], aliases=ALIASES)
+    assert (cfg.train.lr, cfg.train.epochs) == (0.5, 7)  # the command line still wins over the file
+    assert load_config(Root, path, aliases=ALIASES).train.lr == 0.25
+    with pytest.raises(ConfigError, match="train.learning_rate is another name for train.lr"):
+        load_config(Root, None, ["--train.learning_rate", "1", "--train.lr", "2"], aliases=ALIASES)
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_config(Root, path)  # without the table the source spellings stay unknown
+
+
+def test_unknown_key_suggests_the_closest_valid_key():
+    with pytest.raises(ConfigError, match=r"did you mean train\.epochs\?"):
+        load_config(Root, None, ["--train.epoch", "3"])

@@ -4,12 +4,13 @@ import json
 import pytest
 import torch
 import torch.nn as nn
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import TensorDataset
+from torch.utils.tensorboard import SummaryWriter
 
 from shared import (Callback, CheckpointError, EarlyStopping, EarlyStoppingConfig, Engine, MultiLabelTask,
                     NonFiniteLossError, Task, TrainConfig, load_checkpoint)
 from shared.losses import AsymmetricLoss
+from shared.testing import read_scalars, scalar_steps
 
 
 def toy_data(n=128, seed=0):
@@ -180,10 +181,9 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     # TensorBoard: the epoch curve continues after the resume, each epoch once, none dropped
     log_dir = tmp_path / "b" / "run" / "logs" / "tensorboard"
     assert len(list(log_dir.glob("events.out.tfevents*"))) == 2  # the killed run's file and the resumed one
-    accumulator = EventAccumulator(str(log_dir))  # applies the resumed writer's purge_step, as TensorBoard does
-    accumulator.Reload()
     per_epoch = full.updates_per_epoch
-    assert [e.step for e in accumulator.Scalars("train/loss")] == [per_epoch, 2 * per_epoch, 3 * per_epoch]
+    # read in the order written (not by file name), with the resumed writer's purge_step applied
+    assert scalar_steps(log_dir, "train/loss") == [per_epoch, 2 * per_epoch, 3 * per_epoch]
 
 
 def test_resume_into_a_different_model_is_a_clear_error(tmp_path):
@@ -214,3 +214,32 @@ def test_gradient_accumulation_matches_a_larger_batch(tmp_path):
     assert accum.global_step == big.global_step == 2
     for a, b in zip(big.model.parameters(), accum.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_every_checkpoint_names_the_task_classes_and_resume_refuses_another_order(tmp_path):
+    engine = Engine(make_cfg(tmp_path, epochs=1), toy_model(), task(), toy_data(32), toy_data(16, seed=1))
+    engine.fit()
+    engine.close()
+    for kind in ("latest", "best", "best_ema"):
+        assert load_checkpoint(engine.checkpoint_path(kind))["class_names"] == ["a", "b", "c"]
+    reordered = MultiLabelTask(AsymmetricLoss(), ["c", "b", "a"])
+    with pytest.raises(CheckpointError, match=r"trained on classes \['a', 'b', 'c'\].*\['c', 'b', 'a'\]"):
+        Engine(make_cfg(tmp_path, epochs=2, resume=True), toy_model(), reordered, toy_data(32), None)
+
+
+def test_tensorboard_logs_read_back_in_written_order_whatever_the_file_names(tmp_path):
+    """The flaky-resume cause: a resumed writer's file can sort before the killed run's by name."""
+    first = SummaryWriter(str(tmp_path / "killed"))
+    for step in (1, 2, 3):
+        first.add_scalar("loss", float(step), step)
+    first.close()
+    resumed = SummaryWriter(str(tmp_path / "resumed"), purge_step=3)  # step 3 of the killed run is dropped
+    for step in (3, 4):
+        resumed.add_scalar("loss", 10.0 * step, step)
+    resumed.close()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    # names that sort the wrong way round, as "...<same second>.<pid>.10" sorts before "....9"
+    next((tmp_path / "killed").glob("events*")).rename(logs / "events.out.tfevents.1700000000.host.1.9")
+    next((tmp_path / "resumed").glob("events*")).rename(logs / "events.out.tfevents.1700000000.host.1.10")
+    assert read_scalars(logs)["loss"] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]

@@ -6,6 +6,7 @@ import torch
 from alzheimer_mosa.mosa_net import Mosa
 from alzheimer_mosa.mosa_net_simple import MosaShared
 from alzheimer_mosa.resnet import RESNET_SPECS, build_resnet3d, load_pretrained_resnet
+from shared import CheckpointError
 
 DEPTHS = sorted(RESNET_SPECS)
 SIZES = [(32, 32, 32), (48, 48, 48)]
@@ -112,10 +113,13 @@ def test_medicalnet_checkpoint_loads_through_key_map(tmp_path):
 
 def test_mismatched_pretrained_weights_are_a_clear_error(tmp_path):
     torch.save({"state_dict": build_resnet3d("resnet10_3d", in_channels=2).state_dict()}, tmp_path / "w.pth")
-    with pytest.raises(ValueError, match="conv1.weight.*in_channels"):
+    with pytest.raises(CheckpointError, match="conv1.weight.*in_channels"):
         load_pretrained_resnet(build_resnet3d("resnet10_3d", in_channels=1), tmp_path / "w.pth")
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(CheckpointError, match="not found"):
         load_pretrained_resnet(build_resnet3d("resnet10_3d"), tmp_path / "absent.pth")
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_pretrained_resnet(build_resnet3d("resnet10_3d"), tmp_path / "notes.txt")
 
 
 def test_mosa_checkpoint_seeds_a_resnet_through_the_backbone_prefix(tmp_path):

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +11,11 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from alzheimer_mosa.callbacks import TensorBoardCallback
-from alzheimer_mosa.config import PretrainConfig
+from alzheimer_mosa.config import Config, PretrainConfig
 from alzheimer_mosa.model_builder import build_backbone, build_mosa
-from alzheimer_mosa.training import train
+from alzheimer_mosa.training import main, train
 from shared import load_checkpoint
+from shared.testing import free_port, scalar_steps as logged_steps
 
 STEPS_PER_EPOCH = 2  # 8 training volumes in batches of 4
 
@@ -45,6 +45,7 @@ def test_checkpoints_hold_the_resume_state(finished_run):
         state = load_checkpoint(folder / name)
         assert {"model", "epoch", "best_metric", "optimizer", "scheduler", "log_dir", "global_step"} <= set(state)
         assert state["log_dir"] == summary["log_dir"]
+        assert state["class_names"] == cfg.data.class_names  # the one key every project's checkpoints use
     latest = load_checkpoint(folder / "checkpoint.pth.tar")
     assert latest["epoch"] == 2 and latest["global_step"] == 2 * STEPS_PER_EPOCH
     assert summary["global_step"] == 2 * STEPS_PER_EPOCH
@@ -121,10 +122,10 @@ def test_kill_and_resume_continues_global_step_without_duplicate_events(make_con
     summary = train(make_config(**settings), build_mosa, "mosa")
     assert summary["log_dir"] == saved["log_dir"]  # same log folder
     assert summary["global_step"] == 3 * STEPS_PER_EPOCH
-    events = read_events(summary["log_dir"])
-    assert scalar_steps(events, "Train/Batch/loss") == list(range(1, 3 * STEPS_PER_EPOCH + 1))
+    # two event files (killed run, resume): read in the order written, the resume's purge_step applied
+    assert logged_steps(summary["log_dir"], "Train/Batch/loss") == list(range(1, 3 * STEPS_PER_EPOCH + 1))
     for tag in ("Val/auc", "Train/loss", "Train/accuracy"):
-        assert scalar_steps(events, tag) == [2, 4, 6], tag
+        assert logged_steps(summary["log_dir"], tag) == [2, 4, 6], tag
     history = json.loads((Path(summary["log_dir"]) / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
 
@@ -149,16 +150,13 @@ def test_pretrained_backbone_loads_into_mosa_and_stays_frozen(make_config, tmp_p
 def test_two_process_ddp_run_freezes_unfreezes_and_logs_once(tmp_path):
     """``torchrun`` (what ``accelerate launch`` starts) with 2 CPU processes: gloo DDP with the global
     batch split over both, the frozen-then-trained backbone, and one set of outputs."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     script = Path(__file__).parents[1] / "train_mosa.py"
     args = ["--training.epochs", "2", "--data.target_size", "[16,16,16]", "--backbone.model_type", "resnet10_3d",
             "--backbone.width", "8", "--backbone.freeze_epochs", "1", "--mosa.embed_dim", "16",
             "--data.num_workers", "0", "--data.batch_size", "8", "--logging.progress_bar", "false"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           str(port), str(script), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           str(free_port()), str(script), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("summary_all.json") == 1  # only the main process reports
@@ -169,3 +167,19 @@ def test_two_process_ddp_run_freezes_unfreezes_and_logs_once(tmp_path):
     assert scalar_steps(events, "Train/Batch/loss") == list(range(1, 2 * 32 // 8 + 1))  # 32 demo volumes, global batch 8
     latest = load_checkpoint(tmp_path / "checkpoints" / "mosa" / "checkpoint.pth.tar")
     assert latest["global_step"] == 2 * 32 // 8
+
+
+@pytest.mark.parametrize("weights_file, reason", [("absent.pth", "not found"), ("notes.txt", "cannot read checkpoint")])
+def test_bad_pretrained_path_is_one_line_not_a_traceback(demo_root, tmp_path, weights_file, reason):
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    argv = ["--data.data_root", str(demo_root), "--data.target_size", "[16,16,16]", "--data.num_workers", "0",
+            "--backbone.model_type", "resnet10_3d", "--backbone.width", "8", "--mosa.embed_dim", "16",
+            "--mosa.depth", "1", "--mosa.num_heads", "2", "--training.epochs", "1",
+            "--training.checkpoint_dir", str(tmp_path / "ckpt"), "--training.log_dir", str(tmp_path / "logs"),
+            "--logging.progress_bar", "false", "--backbone.pretrained", "true",
+            "--backbone.pretrained_path", str(tmp_path / weights_file)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(Config, build_mosa, "mosa", argv)
+    message = str(exit_info.value.code)
+    assert message.startswith("CheckpointError: ") and "\n" not in message
+    assert reason in message and weights_file in message

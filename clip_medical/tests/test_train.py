@@ -1,6 +1,5 @@
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 
 from shared import CheckpointError, ConfigError, config_from_dict, load_checkpoint
+from shared.testing import free_port
 from clip_medical import train_clip
 from clip_medical.config import ClipTrainConfig
 from clip_medical.predict import main as predict_main
@@ -217,12 +217,6 @@ def test_example_config_file_entries_are_valid():
         cfg.validate()
     assert [c.image_encoder_name for c in configs] == ["starnet_dual_pyramid_rcf", "resnet50"]
     assert configs[1].text_template == "这是一张{class_name}的医学图像"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_two_process_ddp_run_keeps_the_global_batch_and_gathers_each_val_image_once(train_argv, tmp_path):

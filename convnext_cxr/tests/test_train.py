@@ -2,7 +2,6 @@
 import json
 import shutil
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from convnext_cxr import predict, train
-from shared import load_checkpoint
+from shared import ConfigError, load_checkpoint
+from shared.testing import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,12 +63,6 @@ def test_predict_prints_probabilities_and_writes_heatmap(trained_run, tiny_cxr, 
     assert (tmp_path / f"{image.stem}_heatmap.png").stat().st_size > 1000
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_gloo_run_matches_single_process_bookkeeping(trained_run, tiny_cxr, tiny_train_args, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -86,3 +80,14 @@ def test_two_process_gloo_run_matches_single_process_bookkeeping(trained_run, ti
                         (trained_run[0] / "results" / "per_finding_auroc.csv").read_text().splitlines()[1:15]]
     assert positives == single_positives
     assert "on 2 processes" in proc.stdout
+
+
+def test_source_document_config_keys_are_accepted(tmp_path):
+    """The source README's keys (batch_size, learning_rate, num_epochs, loss_type) mean train.* / loss.*."""
+    source = tmp_path / "config.yaml"
+    source.write_text("batch_size: 64\nloss_type: focal\ntrain:\n  learning_rate: 0.0002\n  num_epochs: 30\n")
+    cfg = train.parse_config(["--config", str(source)])
+    assert (cfg.train.batch_size, cfg.train.lr, cfg.train.epochs, cfg.loss.loss_type) == (64, 2e-4, 30, "focal")
+    assert train.parse_config(["--learning_rate", "3e-4", "--num_epochs", "5"]).train.lr == 3e-4
+    with pytest.raises(ConfigError, match="another name for train.lr"):
+        train.parse_config(["--config", str(source), "--train.lr", "1e-3", "--learning_rate", "1e-3"])

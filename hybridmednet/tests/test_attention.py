@@ -15,6 +15,19 @@ def _pyramid(image_size: int, dim: int = 32) -> list[torch.Tensor]:
     return [torch.randn(1, dim, image_size // s, image_size // s) for s in STRIDES]
 
 
+def _attention_flops(module: torch.nn.Module, run) -> int:
+    """The attention work itself, counted from the shapes every MultiHeadAttention sees during ``run()``:
+    scores Q K^T and the weighted sum A V, 2 x (Nq x Nk x C) multiply-adds per image, 2 FLOPs each."""
+    flops = []
+    hooks = [m.register_forward_hook(lambda _m, args, _out: flops.append(4 * args[0].shape[0] * args[0].shape[1]
+                                                                          * args[1].shape[1] * args[0].shape[2]))
+             for m in module.modules() if type(m).__name__ == "MultiHeadAttention"]
+    run()
+    for hook in hooks:
+        hook.remove()
+    return sum(flops)
+
+
 def _context_lengths(module: torch.nn.Module, run) -> list[int]:
     """Key/value counts seen by every MultiHeadAttention inside ``module`` during ``run()``."""
     lengths = []
@@ -62,10 +75,17 @@ def test_cross_scale_keys_values_bounded_and_memory_linear_in_image_area():
         assert set(_context_lengths(attention, lambda: attention(small))) == {attention.max_context_tokens}
         assert set(_context_lengths(attention, lambda: attention(large))) == {attention.max_context_tokens} == {48}
         memory = [peak_memory(lambda: attention(f)) for f in (small, large)]
+        work = [_attention_flops(attention, lambda: attention(f)) for f in (small, large)]
+        unpooled_work = [_attention_flops(unpooled, lambda: unpooled(f)) for f in (small, large)]
     # 4x the pixels: measured activation memory grows ~4x (linear), not 16x (quadratic)
     assert 3.0 < memory[1] / memory[0] < 4.5, memory
+    # the attention work itself: linear in the image area when pooled, quadratic (16x) in the original design
+    assert work[1] / work[0] == 4.0 and unpooled_work[1] / unpooled_work[0] == 16.0
+    # the flop counter (projections + attention) sees that work, whatever the torch version's SDPA kernel
     flops = [count_flops(attention, f) for f in (small, large)]
     unpooled_flops = [count_flops(unpooled, f) for f in (small, large)]
+    assert all(f > w for f, w in zip(flops + unpooled_flops, work + unpooled_work))
+    assert unpooled_flops[1] - unpooled_flops[0] > unpooled_work[1] - unpooled_work[0]
     assert flops[1] / flops[0] < 4.5 < 10 < unpooled_flops[1] / unpooled_flops[0]
 
 

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import torch
 
@@ -10,7 +13,9 @@ from hybridmednet.benchmark import build_variant, markdown_table, measure
 from hybridmednet.configs.default_config import Config
 from hybridmednet.profiling import PeakTensorMemory, count_flops, count_parameters
 from hybridmednet.train import main
+from shared import load_checkpoint
 from shared.cxr14 import FINDINGS
+from shared.testing import free_port
 
 
 def test_train_main_runs_on_the_demo_set_and_reports_per_finding_auroc(tmp_path, capsys):
@@ -59,3 +64,38 @@ def test_model_checker_reports_every_attention_setting(capsys):
     assert test_modern_models.main(["--backbones", "test_convnext", "--image-size", "32"]) == 0
     out = capsys.readouterr().out
     assert out.count("ok (forward + backward)") == 4 and "0 of 4 combinations failed" in out
+
+
+LAUNCHER = '''
+import sys
+from hybridmednet.models.backbones import BACKBONES, BackboneSpec, TimmFeatures
+from hybridmednet.train import main
+BACKBONES["test_convnext"] = BackboneSpec(TimmFeatures, {"model_name": "test_convnext"})
+main(sys.argv[1:])
+'''
+
+
+def test_two_process_gloo_run_is_one_run_with_one_report(tmp_path):
+    """torchrun with 2 CPU processes (what ``accelerate launch`` starts): one gloo group, not two lone runs
+    writing the same folder; the global batch is split over both processes and only one of them reports."""
+    launcher = tmp_path / "launch_hybridmednet.py"
+    launcher.write_text(LAUNCHER)
+    save_dir = tmp_path / "run"
+    overrides = {
+        "MODEL.backbone": "test_convnext", "MODEL.pretrained": "false", "MODEL.fpn_channels": 32,
+        "MODEL.fusion_channels": 64, "MODEL.num_heads": 4, "TRAIN.epochs": 2, "TRAIN.batch_size": 16,
+        "TRAIN.mixed_precision": "false", "TRAIN.warmup_epochs": 0, "DATA.demo": "true",
+        "DATA.demo_num_images": 60, "DATA.image_size": 32, "DATA.num_workers": 0,
+        "CHECKPOINT.save_dir": str(save_dir), "LOGGING.tensorboard": "false",
+    }
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(launcher), *[arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "on 2 processes" in proc.stdout
+    assert proc.stdout.count("validation AUROC") == 1  # the main process alone reports
+    latest = load_checkpoint(save_dir / "checkpoints" / "checkpoint_latest.pth")
+    train_images = int(proc.stdout.split(" train / ")[0].rsplit(" ", 1)[-1])
+    assert latest["global_step"] == 2 * (train_images // 16)  # global batch 16 = 2 x 8 per step, last partial dropped
+    assert latest["class_names"] == list(FINDINGS)
