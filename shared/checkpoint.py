@@ -41,15 +41,27 @@ def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
     return path
 
 
+def _load_failure_reason(path: Path, err: Exception) -> str:
+    """One line saying why torch.load failed (its own messages run over many lines)."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error" in line:  # a foreign pickle, or not a pickle at all (e.g. a text file)
+            detail = " ".join([line.split("WeightsUnpickler error:", 1)[-1].strip(), *lines[i + 1:i + 2]]).strip()
+            return f"not a PyTorch checkpoint of tensors and plain values ({detail})"
+    return lines[0] if lines else type(err).__name__
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint dict with ``weights_only=True``; a clear error if it is missing or corrupt."""
+    """Load a checkpoint dict with ``weights_only=True``; a one-line error if it is missing or corrupt."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+        raise CheckpointError(f"cannot read checkpoint {path}: {_load_failure_reason(path, err)}") from err
 
 
 def strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

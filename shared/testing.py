@@ -39,7 +39,12 @@ def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
             if event.HasField("session_log") and event.session_log.status == SessionLog.START:
                 scalars = {tag: [(s, v) for s, v in points if s < event.step] for tag, points in scalars.items()}
             for value in event.summary.value:
-                number = value.simple_value if value.HasField("simple_value") else float(make_ndarray(value.tensor))
+                if value.HasField("simple_value"):
+                    number = value.simple_value
+                elif value.HasField("tensor") and make_ndarray(value.tensor).size == 1:
+                    number = float(make_ndarray(value.tensor).item())
+                else:
+                    continue  # an image, histogram or text, not a scalar
                 scalars.setdefault(value.tag, []).append((event.step, number))
     return scalars
 
