@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -45,6 +46,10 @@ def _load_failure_reason(path: Path, err: Exception) -> str:
     """One line saying why torch.load failed (its own messages run over many lines)."""
     if path.stat().st_size == 0:
         return "the file is empty"
+    with open(path, "rb") as file:
+        zip_start = file.read(4) == b"PK\x03\x04"  # torch.save's format is a zip archive
+    if zip_start and not zipfile.is_zipfile(path):
+        return "the file is truncated (its zip archive has no end); was its copy or write interrupted?"
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     for i, line in enumerate(lines):
         if "WeightsUnpickler error" in line:  # a foreign pickle, or not a pickle at all (e.g. a text file)
