@@ -8,7 +8,7 @@ towers), alzheimer_mosa (Mosa at 128^3). Recipes (same model, data and batch):
              (in-place foreach lerp)
   c_compile  b_default + torch.compile
 
-FLOPs per step are counted with ``torch.utils.flop_counter`` (forward + backward); the peak is a large
+FLOPs per step are 3 x the forward FLOPs counted by ``torch.utils.flop_counter`` (see ``count_flops``); the peak is a large
 bf16 matmul measured in the same run (fp32 on CPU). Runs on CPU with ``--small`` so it stays tested;
 the real numbers need an NVIDIA GPU:
 
@@ -139,16 +139,41 @@ def matmul_peak_tflops(device: torch.device) -> float:
     return 2 * n ** 3 * iters / seconds / 1e12
 
 
-def count_flops(workload: Workload, size: int, batch_size: int) -> int:
-    model = workload.build(size)
-    inputs, targets = workload.make_batch(batch_size, size, torch.device("cpu"))
-    with FlopCounterMode(display=False) as counter:
-        workload.loss_fn(model(*inputs), targets).backward()
-    return counter.get_total_flops()
+def count_flops(workload: Workload, base_model: nn.Module, size: int, batch_size: int, device: torch.device) -> int:
+    """Model FLOPs of one training step, as 3 x the forward pass (backward costs two forwards: the usual
+    convention). torch's counter is used on the forward only: its ``convolution_backward`` formula ignores
+    ``groups`` and counts ConvNeXt's depthwise-convolution backward ~100x too high (torch 2.11-2.14)."""
+    model = copy.deepcopy(base_model).to(device)
+    inputs, targets = workload.make_batch(batch_size, size, device)
+    with FlopCounterMode(display=False) as counter, \
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        workload.loss_fn(model(*inputs), targets)
+    del model, inputs, targets
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return 3 * counter.get_total_flops()
+
+
+def print_profile(step: Callable[[], None], steps: int, seconds_per_step: float, device: torch.device) -> None:
+    """The kernels that take the time, and how busy the GPU is: busy << 100 % means launch/CPU-bound."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(events.table(sort_by=key, row_limit=12, max_name_column_width=60))
+    if device.type == "cuda":
+        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy_s = sum(e.self_device_time_total for e in kernels) / 1e6 / steps
+        print(f"GPU busy {busy_s * 1e3:.1f} ms of a {seconds_per_step * 1e3:.1f} ms step ({100 * busy_s / seconds_per_step:.0f} %)")
 
 
 def run_recipe(workload: Workload, recipe: dict, size: int, batch_size: int, steps: int, warmup: int,
-               device: torch.device, base_model: nn.Module) -> dict:
+               device: torch.device, base_model: nn.Module, profile: bool = False) -> dict:
     model = copy.deepcopy(base_model).to(device)
     if recipe["channels_last"]:
         model = model.to(memory_format=workload.memory_format)
@@ -184,6 +209,8 @@ def run_recipe(workload: Workload, recipe: dict, size: int, batch_size: int, ste
         torch.cuda.reset_peak_memory_stats()
     seconds = timed(lambda: [step() for _ in range(steps)])
     peak_gb = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else float("nan")
+    if profile:
+        print_profile(step, steps=3, seconds_per_step=seconds / steps, device=device)
     return {"images_per_s": steps * batch_size / seconds, "seconds_per_step": seconds / steps, "peak_mem_gb": peak_gb}
 
 
@@ -196,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--small", action="store_true", help="tiny model variant (CPU smoke run)")
+    parser.add_argument("--profile", action="store_true", help="print each recipe's top kernels and GPU busy time")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -211,10 +239,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for size in args.sizes or workload.sizes:
             torch.manual_seed(0)
             base_model = workload.build(size)
-            flops = count_flops(workload, size, batch_size)
+            flops = count_flops(workload, base_model, size, batch_size, device)
             baseline = None
             for recipe in args.recipes:
-                r = run_recipe(workload, RECIPES[recipe], size, batch_size, args.steps, args.warmup, device, base_model)
+                try:
+                    r = run_recipe(workload, RECIPES[recipe], size, batch_size, args.steps, args.warmup, device,
+                                   base_model, args.profile)
+                except (torch.OutOfMemoryError, RuntimeError) as error:  # recorded in the table, not hidden
+                    print(f"{name} {size} {recipe}: FAILED {type(error).__name__}: {str(error).splitlines()[0]}")
+                    results.append({"model": name, "size": size, "recipe": recipe, "batch_size": batch_size,
+                                    "error": f"{type(error).__name__}: {str(error).splitlines()[0]}"})
+                    rows.append([name, size, recipe, batch_size, "failed", "", "", "", ""])
+                    continue
                 tflops = flops / r["seconds_per_step"] / 1e12
                 baseline = baseline or r["images_per_s"]
                 result = {"model": name, "size": size, "recipe": recipe, "batch_size": batch_size,
@@ -223,6 +259,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 results.append(result)
                 rows.append([name, size, recipe, batch_size, r["images_per_s"], tflops, f"{100 * tflops / peak:.1f}%",
                              r["peak_mem_gb"], r["images_per_s"] / baseline])
+                print(f"{name} {size} {recipe}: {r['images_per_s']:.1f} img/s, {tflops:.1f} TFLOP/s", flush=True)
+                torch._dynamo.reset()  # drop compiled graphs (and the model copies they hold) between recipes
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
     table = print_table(["model", "size", "recipe", "batch", "img/s", "TFLOP/s", "of peak", "peak mem GB",
                          f"x {args.recipes[0]}"], rows)
     payload = {"benchmark": "gpu_throughput", "args": vars(args), "device": str(device),

@@ -30,9 +30,12 @@ def multi_positive_contrastive_loss(logits: torch.Tensor, labels: torch.Tensor) 
     logits = logits.float()
     image_to_text = F.cross_entropy(logits, labels)
 
-    positives = F.one_hot(labels, logits.shape[1]).t().float()  # [C, B]
-    present = positives.sum(dim=1) > 0
-    targets = positives[present] / positives[present].sum(dim=1, keepdim=True)  # rows sum to 1
-    log_probs = F.log_softmax(logits.t()[present], dim=1)  # [C_present, B], softmax over images
-    text_to_image = -(targets * log_probs).sum(dim=1).mean()
+    # Masks and weights instead of boolean indexing: no host-device synchronisation in the loss.
+    classes = torch.arange(logits.shape[1], device=labels.device)
+    positives = (labels[None, :] == classes[:, None]).float()  # [C, B]
+    counts = positives.sum(dim=1)
+    present = (counts > 0).float()
+    log_probs = F.log_softmax(logits.t(), dim=1)  # [C, B], softmax over images
+    per_text = -(positives * log_probs).sum(dim=1) / counts.clamp(min=1)  # rows of positives / count sum to 1
+    text_to_image = (per_text * present).sum() / present.sum()
     return 0.5 * (image_to_text + text_to_image)
