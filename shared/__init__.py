@@ -1,19 +1,24 @@
 """Shared building blocks of the five training projects.
 
-Small single-purpose modules, re-exported here: ``config`` (typed dataclasses + YAML + CLI),
+Small single-purpose modules, re-exported here: ``config`` (typed dataclasses + YAML), ``cli`` (the one
+command line), ``io`` (atomic JSON/CSV), ``export`` (the one exported model format), ``evaluation``,
 ``engine`` (the Accelerate training loop), ``checkpoint``, ``losses``, ``metrics``, ``plots``,
 ``data`` (image helpers, splits, transforms), ``tasks`` (multi-label / multi-class tasks)
 and ``cxr14`` (ChestX-ray14 data).
 """
 from timm.utils import ModelEmaV3
 
-from .checkpoint import CheckpointError, export_model, load_checkpoint, load_model_weights, save_checkpoint, \
+from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint, \
     strip_module_prefix
+from .cli import parse_cli
 from .config import ConfigError, config_from_dict, config_to_dict, load_config, parse_overrides, save_config
 from .data import DataError, IMAGENET_MEAN, IMAGENET_STD, ImageNormalize, build_image_transform, \
     find_unreadable_images,     group_split, load_image, pre_crop_size, scan_class_folders, stratified_split
 from .engine import Callback, EarlyStopping, EarlyStoppingConfig, Engine, NonFiniteLossError, Task, TrainConfig, \
     process_state
+from .evaluation import class_probabilities, evaluate_best, write_split_results
+from .export import Preprocessing, export_model, load_export, read_export_info, register_model
+from .io import atomic_write, read_json, write_csv, write_json
 from .losses import AsymmetricLoss, BinaryFocalLoss, FocalLoss, SoftTargetCrossEntropy, build_loss, \
     pos_weight_from_labels
 from .metrics import multiclass_metrics, multilabel_metrics, tune_thresholds
@@ -21,7 +26,9 @@ from .tasks import MultiClassTask, MultiLabelTask
 from .plots import plot_confusion_matrix, plot_pr_curves, plot_roc_curves, plot_training_curves
 
 __all__ = [
-    "ModelEmaV3", "CheckpointError", "export_model", "load_checkpoint", "load_model_weights", "save_checkpoint",
+    "ModelEmaV3", "parse_cli", "class_probabilities", "evaluate_best", "write_split_results", "Preprocessing",
+    "load_export", "read_export_info", "register_model", "atomic_write", "read_json", "write_csv", "write_json",
+    "CheckpointError", "export_model", "load_checkpoint", "load_model_weights", "save_checkpoint",
     "strip_module_prefix", "ConfigError", "config_from_dict", "config_to_dict", "load_config", "parse_overrides", "save_config",
     "DataError", "IMAGENET_MEAN", "IMAGENET_STD", "ImageNormalize", "build_image_transform", "find_unreadable_images", "group_split",
     "load_image", "pre_crop_size", "scan_class_folders", "stratified_split", "Callback", "EarlyStopping", "EarlyStoppingConfig",

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .checkpoint import _atomic_write
+from .io import atomic_write as _atomic_write
 from .data import load_image
 
 CACHE_VERSION = 1

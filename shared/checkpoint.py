@@ -6,33 +6,17 @@ of one. Loading always uses ``weights_only=True``.
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
-from safetensors.torch import save_file
+from .io import atomic_write as _atomic_write
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or does not fit the model."""
-
-
-def _atomic_write(path: Path, write_fn) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
@@ -100,16 +84,3 @@ def load_model_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
             problems.append(f"shape mismatches {head(wrong_shape)}")
         raise CheckpointError(f"{source} does not match the model ({type(model).__name__}): " + "; ".join(problems))
     model.load_state_dict(state_dict)
-
-
-def export_model(model: nn.Module, out_dir: str | Path, *, class_names: list[str],
-                 config: Mapping[str, Any], thresholds: list[float] | None = None,
-                 extra: Mapping[str, Any] | None = None) -> Path:
-    """Write ``model.safetensors`` + ``model.json`` (class names, thresholds, config) for inference
-    without the training code or pickle."""
-    out_dir = Path(out_dir)
-    weights = {k: v.detach().cpu().contiguous() for k, v in strip_module_prefix(model.state_dict()).items()}
-    _atomic_write(out_dir / "model.safetensors", lambda tmp: save_file(weights, tmp))
-    meta = {"class_names": list(class_names), "thresholds": thresholds, "config": dict(config), **(extra or {})}
-    _atomic_write(out_dir / "model.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
-    return out_dir

@@ -13,7 +13,6 @@ resumes, atomic checkpoints with full resume state, and a guard that stops on a 
 from __future__ import annotations
 
 import gc
-import json
 import math
 import random
 import warnings
@@ -34,9 +33,10 @@ from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, _atomic_write, load_checkpoint, load_model_weights, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
 from .config import config_to_dict, save_config
 from .data import single_threaded_worker
+from .io import write_json
 
 
 @dataclass
@@ -127,6 +127,9 @@ class Task:
 
     def on_eval_start(self, model: nn.Module) -> None:
         """Hook to precompute something once per evaluation (e.g. class text embeddings)."""
+
+    #: ``multi-label`` (sigmoid per class), ``multi-class`` or ``zero-shot`` (softmax over classes).
+    task_type: str = "multi-class"
 
     #: The classes in output order. The engine writes them into every checkpoint under ``class_names``
     #: and refuses to resume a checkpoint whose classes or class order differ.
@@ -620,7 +623,7 @@ class Engine:
     def _write_history(self) -> None:
         if self.accelerator.is_main_process:
             path = self.output_dir / "history.json"
-            _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(self.history, indent=1)))
+            write_json(path, self.history, indent=1)
 
     @staticmethod
     def _summary(metrics: Mapping[str, Any], monitor: str) -> str:

@@ -96,3 +96,26 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence
             ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
                     color="white" if matrix[i, j] > matrix.max() / 2 else "black")
     return _save(fig, path)
+
+
+def plot_multilabel_confusion(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str], path: str | Path,
+                              title: str = "Confusion per class") -> Path:
+    """One 2x2 matrix (rows true 0/1, columns predicted 0/1) per class of a multi-label problem."""
+    y_true, y_pred = np.asarray(y_true).astype(int), np.asarray(y_pred).astype(int)
+    cols = min(5, len(class_names))
+    rows = -(-len(class_names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.4 * rows), squeeze=False)
+    for c, (ax, name) in enumerate(zip(axes.flat, class_names)):
+        matrix = np.array([[np.sum((y_true[:, c] == t) & (y_pred[:, c] == p)) for p in (0, 1)] for t in (0, 1)])
+        ax.imshow(matrix, cmap="Blues")
+        for i in range(2):
+            for j in range(2):
+                ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
+                        color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+        ax.set_xticks([0, 1], ["0", "1"])
+        ax.set_yticks([0, 1], ["0", "1"])
+        ax.set_title(name, fontsize=8)
+    for ax in list(axes.flat)[len(class_names):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -23,6 +23,8 @@ class MultiLabelTask(Task):
     for loaders that deliver uint8 images).
     """
 
+    task_type = "multi-label"
+
     def __init__(self, loss_fn: nn.Module, class_names: Sequence[str], input_transform: nn.Module | None = None):
         self.loss_fn, self.class_names = loss_fn, list(class_names)
         self.input_transform = input_transform or nn.Identity()
@@ -48,6 +50,8 @@ class MultiClassTask(Task):
 
     ``train_loss_fn`` may differ from the evaluation loss (e.g. soft-target CE under MixUp).
     """
+
+    task_type = "multi-class"
 
     def __init__(self, loss_fn: nn.Module, class_names: Sequence[str], positive_class: int | None = None,
                  train_loss_fn: nn.Module | None = None, batch_transform=None):

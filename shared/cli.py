@@ -1,0 +1,148 @@
+"""One command line for every entry point: ``parse_cli(ConfigClass, argv)``.
+
+    python PROJECT/train.py [--config FILE] [--section.key VALUE ...] [--set section.key=VALUE ...] [--help]
+
+``--config`` names a YAML file (JSON is YAML too, so the source documents' JSON configs load as they
+are); ``--section.key VALUE`` and ``--set section.key=VALUE`` override single keys; a flag without a
+value (``--train.ema``) means true. ``--help`` lists every key with its default and its one-line meaning,
+read from the comment beside the field in its dataclass, so the documentation cannot drift from the code.
+
+Other spellings of keys (a source document's ``--learning-rate`` for ``train.lr``) are declared by each
+project as one alias table: ``{"learning_rate": "train.lr"}``. An alias may also set a fixed value,
+for flags such as ``--no-amp``: ``{"no_amp": "train.mixed_precision=no"}``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import sys
+import typing
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping, Sequence, TypeVar
+
+from .config import ConfigError, config_to_dict, load_config
+
+T = TypeVar("T")
+
+_FIELD_COMMENT = re.compile(r"^\s+(\w+)\s*:[^#]*#\s*(.+?)\s*$")
+
+
+@lru_cache(maxsize=None)
+def field_comments(cls: type) -> dict[str, str]:
+    """``{field: comment}`` from the ``name: type = default  # comment`` lines of a dataclass's source."""
+    comments: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+            continue
+        for line in lines:
+            match = _FIELD_COMMENT.match(line)
+            if match:
+                comments[match.group(1)] = match.group(2)
+    return comments
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is typing.Literal:
+        return "{" + ",".join(str(a) for a in typing.get_args(tp)) + "}"
+    name = getattr(tp, "__name__", None)
+    return name.upper() if name in ("int", "float", "str", "bool") else str(tp).replace("typing.", "")
+
+
+def config_keys(cfg: Any, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """``(dotted key, type, default, meaning)`` for every leaf of a dataclass instance."""
+    rows = []
+    hints = typing.get_type_hints(type(cfg))
+    comments = field_comments(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += config_keys(value, f"{prefix}{f.name}.")
+        else:
+            rows.append((prefix + f.name, _type_name(hints[f.name]), value, comments.get(f.name, "")))
+    return rows
+
+
+def help_text(cls: type, defaults: Any, description: str, default_config: str | Path | None,
+              aliases: Mapping[str, str]) -> str:
+    lines = [description.strip(), "",
+             "usage: [--config FILE] [--section.key VALUE ...] [--set section.key=VALUE ...]",
+             f"  --config FILE  YAML or JSON settings{f' (default: {default_config})' if default_config else ''}",
+             "", "keys (default, meaning):"]
+    rows = config_keys(defaults)
+    width = max(len(key) for key, *_ in rows) + 2
+    for key, type_name, default, meaning in rows:
+        shown = config_to_dict(default) if dataclasses.is_dataclass(default) else default
+        lines.append(f"  --{key:<{width}} {type_name} = {shown!r}" + (f"  {meaning}" if meaning else ""))
+    if aliases:
+        lines += ["", "other accepted spellings:"]
+        lines += [f"  --{alias.replace('_', '-')} -> {target}" for alias, target in aliases.items()]
+    return "\n".join(lines)
+
+
+def _fill_flag_values(argv: Sequence[str]) -> list[str]:
+    """A ``--flag`` followed by another option (or nothing) gets the value ``true``."""
+    filled: list[str] = []
+    args = list(argv)
+    for i, arg in enumerate(args):
+        filled.append(arg)
+        is_option = arg.startswith("--") and "=" not in arg and arg != "--set"
+        next_is_option = i + 1 >= len(args) or args[i + 1].startswith("--")
+        if is_option and next_is_option:
+            filled.append("true")
+    return filled
+
+
+def _expand_value_aliases(argv: list[str], aliases: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
+    """Turn ``--no-amp [true]`` into ``--train.mixed_precision no`` for aliases that set a fixed value."""
+    fixed = {alias: target for alias, target in aliases.items() if "=" in target}
+    plain = {alias: target for alias, target in aliases.items() if "=" not in target}
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        name = argv[i][2:].replace("-", "_") if argv[i].startswith("--") else None
+        if name in fixed and i + 1 < len(argv):
+            key, value = fixed[name].split("=", 1)
+            if argv[i + 1].lower() in ("true", "yes", "1"):
+                out += [f"--{key}", value]
+            elif argv[i + 1].lower() not in ("false", "no", "0"):
+                raise ConfigError(f"--{argv[i][2:]} is a flag (it sets {key}={value}); give it no value")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out, plain
+
+
+def parse_cli(cls: type[T], argv: Sequence[str] | None = None, *, description: str = "",
+              default_config: str | Path | None = None, aliases: Mapping[str, str] | None = None) -> T:
+    """Defaults of ``cls`` <- ``--config`` file (or ``default_config``) <- overrides; ``--help`` exits 0."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    aliases = dict(aliases or {})
+    config_path: str | Path | None = default_config
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-h", "--help"):
+            defaults = load_config(cls, default_config) if default_config else cls()
+            print(help_text(cls, defaults, description, default_config, aliases))
+            raise SystemExit(0)
+        if arg == "--config" or arg.startswith("--config="):
+            if "=" in arg:
+                config_path = arg.split("=", 1)[1]
+            elif i + 1 < len(argv):
+                config_path = argv[i + 1]
+                i += 1
+            else:
+                raise ConfigError("--config needs a file name")
+        else:
+            rest.append(arg)
+        i += 1
+    overrides, plain_aliases = _expand_value_aliases(_fill_flag_values(rest), aliases)
+    return load_config(cls, config_path, overrides, aliases=plain_aliases)
