@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
+
 from .io import atomic_write as _atomic_write
 
 
