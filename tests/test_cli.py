@@ -1,0 +1,71 @@
+"""shared.parse_cli: one command line for every entry point."""
+from dataclasses import dataclass, field
+
+import pytest
+
+from shared import ConfigError, TrainConfig, parse_cli
+from shared.cli import config_keys
+
+
+@dataclass
+class DataSection:
+    root: str = "data"  # folder of class folders
+    use_cv: bool = False  # k-fold cross-validation instead of one split
+    folds: int = 5  # number of folds when use_cv is on
+
+
+@dataclass
+class RunConfig:
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+ALIASES = {"learning_rate": "train.lr", "use_cv": "data.use_cv", "no_amp": "train.mixed_precision=no"}
+
+
+def test_dotted_keys_set_keys_and_value_less_flags():
+    cfg = parse_cli(RunConfig, ["--data.folds", "3", "--set", "train.epochs=7", "--data.use_cv",
+                                "--train.ema", "false"])
+    assert (cfg.data.folds, cfg.train.epochs, cfg.data.use_cv, cfg.train.ema) == (3, 7, True, False)
+
+
+def test_alias_table_keeps_source_spellings():
+    cfg = parse_cli(RunConfig, ["--learning-rate", "3e-4", "--use-cv", "--no-amp"], aliases=ALIASES)
+    assert cfg.train.lr == pytest.approx(3e-4)
+    assert cfg.data.use_cv is True
+    assert cfg.train.mixed_precision == "no"
+
+
+def test_both_spellings_of_one_key_is_an_error():
+    with pytest.raises(ConfigError, match="another name for train.lr"):
+        parse_cli(RunConfig, ["--learning-rate", "1e-3", "--train.lr", "1e-4"], aliases=ALIASES)
+
+
+def test_fixed_value_flag_refuses_a_value():
+    with pytest.raises(ConfigError, match="is a flag"):
+        parse_cli(RunConfig, ["--no-amp", "fp16"], aliases=ALIASES)
+
+
+def test_config_file_then_overrides(tmp_path):
+    path = tmp_path / "run.json"  # JSON is YAML: the source documents' JSON configs load as they are
+    path.write_text('{"learning_rate": 0.5, "data": {"folds": 4}}')
+    cfg = parse_cli(RunConfig, ["--config", str(path), "--data.folds", "2"], aliases=ALIASES)
+    assert (cfg.train.lr, cfg.data.folds) == (0.5, 2)
+
+
+def test_unknown_key_names_the_closest_one():
+    with pytest.raises(ConfigError, match="did you mean data.folds"):
+        parse_cli(RunConfig, ["--data.fold", "3"])
+
+
+def test_help_lists_every_key_with_default_and_meaning(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_cli(RunConfig, ["--help"], description="Train a thing.", aliases=ALIASES)
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    keys = config_keys(RunConfig())
+    assert len(keys) > 30
+    for key, _, _, _ in keys:
+        assert f"--{key} " in text
+    assert "--data.folds" in text and "INT = 5  number of folds when use_cv is on" in text
+    assert "--learning-rate -> train.lr" in text
