@@ -2,9 +2,10 @@
 
 Small single-purpose modules, re-exported here: ``config`` (typed dataclasses + YAML), ``cli`` (the one
 command line), ``io`` (atomic JSON/CSV), ``export`` (the one exported model format), ``evaluation``,
-``engine`` (the Accelerate training loop), ``checkpoint``, ``losses``, ``metrics``, ``plots``,
-``data`` (image helpers, splits, transforms), ``tasks`` (multi-label / multi-class tasks)
-and ``cxr14`` (ChestX-ray14 data).
+``engine`` (the Accelerate training loop) with ``train_config``, ``interfaces``, ``early_stopping``,
+``accelerator`` (device and the one mixed-precision rule), ``optim``, ``loaders`` and ``resume``;
+``checkpoint``, ``losses``, ``metrics``, ``plots``, ``data`` (image helpers, splits, transforms),
+``tasks`` (multi-label / multi-class tasks) and ``cxr14`` (ChestX-ray14 data).
 """
 from timm.utils import ModelEmaV3
 
@@ -15,7 +16,7 @@ from .config import ConfigError, config_from_dict, config_to_dict, load_config, 
 from .data import DataError, IMAGENET_MEAN, IMAGENET_STD, ImageNormalize, build_image_transform, \
     find_unreadable_images,     group_split, load_image, pre_crop_size, scan_class_folders, stratified_split
 from .engine import Callback, EarlyStopping, EarlyStoppingConfig, Engine, NonFiniteLossError, Task, TrainConfig, \
-    process_state
+    fused_optimizer_kwargs, process_state, resolve_mixed_precision
 from .evaluation import class_probabilities, evaluate_best, write_split_results
 from .export import Preprocessing, export_model, load_export, read_export_info, register_model
 from .io import atomic_write, read_json, write_csv, write_json
@@ -32,7 +33,7 @@ __all__ = [
     "strip_module_prefix", "ConfigError", "config_from_dict", "config_to_dict", "load_config", "parse_overrides", "save_config",
     "DataError", "IMAGENET_MEAN", "IMAGENET_STD", "ImageNormalize", "build_image_transform", "find_unreadable_images", "group_split",
     "load_image", "pre_crop_size", "scan_class_folders", "stratified_split", "Callback", "EarlyStopping", "EarlyStoppingConfig",
-    "Engine", "NonFiniteLossError", "process_state", "Task", "TrainConfig", "AsymmetricLoss", "BinaryFocalLoss", "FocalLoss",
+    "Engine", "NonFiniteLossError", "fused_optimizer_kwargs", "process_state", "resolve_mixed_precision", "Task", "TrainConfig", "AsymmetricLoss", "BinaryFocalLoss", "FocalLoss",
     "SoftTargetCrossEntropy", "build_loss", "pos_weight_from_labels", "multiclass_metrics", "multilabel_metrics",
     "tune_thresholds", "MultiClassTask", "MultiLabelTask", "plot_confusion_matrix", "plot_pr_curves", "plot_roc_curves", "plot_training_curves",
 ]

@@ -1,4 +1,5 @@
 """The shared training engine on a toy problem: learning, EMA, early stopping, NaN guard, resume."""
+import dataclasses
 import json
 
 import pytest
@@ -7,8 +8,10 @@ import torch.nn as nn
 from torch.utils.data import TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 
-from shared import (Callback, CheckpointError, EarlyStopping, EarlyStoppingConfig, Engine, MultiLabelTask,
-                    NonFiniteLossError, Task, TrainConfig, load_checkpoint)
+import shared.accelerator
+from shared import (Callback, CheckpointError, ConfigError, EarlyStopping, EarlyStoppingConfig, Engine,
+                    MultiLabelTask, NonFiniteLossError, Task, TrainConfig, load_checkpoint, resolve_mixed_precision)
+from shared.cli import field_comments
 from shared.losses import AsymmetricLoss
 from shared.testing import read_scalars, scalar_steps
 
@@ -243,3 +246,46 @@ def test_tensorboard_logs_read_back_in_written_order_whatever_the_file_names(tmp
     next((tmp_path / "killed").glob("events*")).rename(logs / "events.out.tfevents.1700000000.host.1.9")
     next((tmp_path / "resumed").glob("events*")).rename(logs / "events.out.tfevents.1700000000.host.1.10")
     assert read_scalars(logs)["loss"] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+
+
+def test_mixed_precision_auto_is_the_default_and_resolves_to_bf16_autocast_on_cpu(tmp_path):
+    assert TrainConfig().mixed_precision == "auto"
+    assert resolve_mixed_precision("auto", cpu=True) == "bf16"
+    dtypes = []
+
+    class RecordDtype(MultiLabelTask):
+        def eval_step(self, model, batch):
+            dtypes.append((batch[0] @ batch[0].T).dtype)  # a matmul under the engine's autocast
+            return super().eval_step(model, batch)
+
+    engine = Engine(make_cfg(tmp_path, mixed_precision="auto", cpu=True, epochs=1, tracker="none"), toy_model(),
+                    RecordDtype(AsymmetricLoss(), list("abc")), toy_data(32), None)
+    assert engine.accelerator.mixed_precision == "bf16"
+    engine.evaluate(toy_data(16))
+    assert dtypes == [torch.bfloat16]  # what bf16 always meant on the CPU: bf16 autocast
+
+
+def test_mixed_precision_rule_on_cuda_and_fp16_on_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for has_bf16, expected in ((True, "bf16"), (False, "fp16")):
+        monkeypatch.setattr(shared.accelerator, "_cuda_bf16", lambda: has_bf16)
+        assert resolve_mixed_precision("auto") == expected
+        assert resolve_mixed_precision("auto", cpu=True) == "bf16"  # cpu=True trains on the CPU
+        assert [resolve_mixed_precision(v) for v in ("bf16", "fp16", "no")] == ["bf16", "fp16", "no"]
+    with pytest.warns(RuntimeWarning, match="fp16 needs a CUDA GPU"):
+        assert resolve_mixed_precision("fp16", cpu=True) == "bf16"
+
+
+@pytest.mark.parametrize("value", ["fp32", "BF16", "true", ""])
+def test_a_bad_mixed_precision_fails_naming_the_key_and_the_choices(tmp_path, value):
+    with pytest.raises(ConfigError) as err:
+        Engine(make_cfg(tmp_path, mixed_precision=value), toy_model(), task(), toy_data(32), None)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("train.mixed_precision")
+    assert repr(value) in message and "bf16, fp16, no, auto" in message
+
+
+def test_every_engine_setting_documents_its_meaning():
+    for cls in (TrainConfig, EarlyStoppingConfig):
+        comments = field_comments(cls)
+        assert [f.name for f in dataclasses.fields(cls) if not comments.get(f.name)] == [], cls.__name__

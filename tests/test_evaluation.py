@@ -63,7 +63,7 @@ def test_evaluate_best_writes_every_split(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
     cfg = TrainConfig(output_dir=str(tmp_path / "run"), epochs=4, batch_size=16, num_workers=0, lr=3e-2, warmup_epochs=0,
-                      mixed_precision="no", progress_bar=False, tracker="none",
+                      mixed_precision="no", progress_bar=False, tracker="none", ema=False,
                       early_stopping=EarlyStoppingConfig(monitor="val/accuracy", mode="max"))
     task = MultiClassTask(nn.CrossEntropyLoss(), ["neg", "pos"])
     splits = {name: TensorDataset(*toy(48, seed)) for name, seed in (("train", 0), ("val", 1), ("test", 2))}

@@ -1,0 +1,119 @@
+"""Resume state: RNG capture and restore, the checkpoint dicts the engine writes, and loading a
+``checkpoint_latest`` back into an :class:`~shared.engine.Engine` so a killed run continues exactly."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+import torch
+
+from .checkpoint import CheckpointError, load_checkpoint, load_model_weights
+from .config import config_to_dict
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .train_config import TrainConfig
+
+
+def plain(value: Any) -> Any:
+    """Numbers as Python floats/ints so checkpoints load with weights_only=True and JSON accepts them."""
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value
+
+
+def rng_state() -> dict:
+    """The Python, NumPy, torch and CUDA generator states, in types ``weights_only`` loading accepts."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: Mapping) -> None:
+    """Restore what :func:`rng_state` captured."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resume_path(cfg: "TrainConfig", output_dir: Path, latest: Path) -> Path:
+    """``resume_checkpoint`` as given, else relative to ``output_dir`` (the source recipes write
+    ``checkpoints/checkpoint_latest.pth``), else the run's own latest checkpoint ``latest``."""
+    if not cfg.resume_checkpoint:
+        return latest
+    path = Path(cfg.resume_checkpoint)
+    if not path.is_absolute() and not path.exists() and (output_dir / path).exists():
+        return output_dir / path
+    return path
+
+
+def checkpoint_state(engine: "Engine", kind: str, epoch: int, metrics: Mapping[str, Any]) -> dict:
+    """What ``checkpoint_<kind>`` holds: the weights (EMA weights for ``best_ema``) and the run's metadata;
+    ``latest`` (and ``best`` with ``full_best_checkpoint``) also the full resume state."""
+    config = config_to_dict(engine.run_config) if engine.run_config is not None else None
+    meta = {"epoch": epoch, "global_step": engine.global_step, "metrics": plain(dict(metrics)),
+            "config": config, **engine.checkpoint_extra}
+    model = engine.accelerator.unwrap_model(engine.model)
+    if kind == "best_ema":
+        return {"model": engine.ema.module.state_dict(), **meta}
+    if kind == "best" and not engine.cfg.full_best_checkpoint:
+        return {"model": model.state_dict(), **meta}
+    scaler = engine.accelerator.scaler
+    return {
+        "model": model.state_dict(),
+        "ema": engine.ema.module.state_dict() if engine.ema else None,
+        "optimizer": engine.optimizer.state_dict(),
+        "scheduler": engine.scheduler.state_dict() if engine.scheduler else None,
+        "scaler": scaler.state_dict() if scaler else None,
+        "best_metric": engine.best_metric, "best_ema_metric": engine.best_ema_metric,
+        "early_stopping": engine.early_stopping.state_dict(), "history": plain(engine.history),
+        "rng": rng_state(), **meta,
+    }
+
+
+def load_resume_state(engine: "Engine", path: Path) -> None:
+    """Load a full checkpoint written by :func:`checkpoint_state` into ``engine``; a clear
+    :class:`CheckpointError` for a weights-only checkpoint, other classes, or another model/optimizer."""
+    state = load_checkpoint(path)
+    if "optimizer" not in state:
+        raise CheckpointError(f"{path} holds weights only (a best/export checkpoint); "
+                              f"resume from {engine.checkpoint_names['latest']}")
+    saved_classes, classes = state.get("class_names"), engine.checkpoint_extra.get("class_names")
+    if saved_classes is not None and classes is not None and list(saved_classes) != list(classes):
+        raise CheckpointError(f"{path} was trained on classes {list(saved_classes)}, but this run has {list(classes)}")
+    load_model_weights(engine.accelerator.unwrap_model(engine.model), state["model"], source=str(path))
+    if engine.ema is not None and state.get("ema") is not None:
+        load_model_weights(engine.ema.module, state["ema"], source=f"{path} (EMA)")
+    try:
+        engine.optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"{path}: optimizer state does not fit this model/optimizer: {err}") from err
+    if engine.scheduler is not None and state.get("scheduler"):
+        engine.scheduler.load_state_dict(state["scheduler"])
+    if engine.accelerator.scaler is not None and state.get("scaler"):
+        engine.accelerator.scaler.load_state_dict(state["scaler"])
+    engine.start_epoch = engine.epoch = int(state["epoch"])
+    engine.global_step = int(state["global_step"])
+    engine.best_metric, engine.best_ema_metric = state["best_metric"], state["best_ema_metric"]
+    engine.early_stopping.load_state_dict(state["early_stopping"])
+    engine.history = list(state["history"])
+    set_rng_state(state["rng"])
+    engine.accelerator.print(f"resumed from {path}: epoch {engine.start_epoch}, step {engine.global_step}")
