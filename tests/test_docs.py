@@ -21,3 +21,13 @@ def test_readmes_name_no_absolute_paths():
     assert len(readmes()) >= 6
     found = {str(p.relative_to(REPO)): ABSOLUTE_PATH.findall(p.read_text()) for p in readmes()}
     assert {name: paths for name, paths in found.items() if paths} == {}
+
+
+def test_readme_names_only_modules_and_functions_that_exist():
+    text = (REPO / "README.md").read_text()
+    modules = set(re.findall(r"`(shared/\w+\.py)", text)) | set(re.findall(r"(shared/\w+\.py)`", text))
+    assert len(modules) >= 15
+    assert [m for m in sorted(modules) if not (REPO / m).is_file()] == []
+    import shared
+    for name in ("parse_cli", "evaluate_best", "export_model", "load_export", "write_json", "Engine", "TrainConfig"):
+        assert name in text and hasattr(shared, name)
