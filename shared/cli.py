@@ -8,8 +8,9 @@ value (``--train.ema``) means true. ``--help`` lists every key with its default 
 read from the comment beside the field in its dataclass, so the documentation cannot drift from the code.
 
 Other spellings of keys (a source document's ``--learning-rate`` for ``train.lr``) are declared by each
-project as one alias table: ``{"learning_rate": "train.lr"}``. An alias may also set a fixed value,
-for flags such as ``--no-amp``: ``{"no_amp": "train.mixed_precision=no"}``.
+project as one alias table: ``{"learning_rate": "train.lr"}``. An alias may also be a true/false switch
+that sets a value, in files and on the command line alike: ``{"no_amp": "train.mixed_precision=no"}``,
+``{"use_amp": "train.mixed_precision=auto|no"}`` (the second choice when switched off).
 """
 from __future__ import annotations
 
@@ -98,27 +99,6 @@ def _fill_flag_values(argv: Sequence[str]) -> list[str]:
     return filled
 
 
-def _expand_value_aliases(argv: list[str], aliases: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
-    """Turn ``--no-amp [true]`` into ``--train.mixed_precision no`` for aliases that set a fixed value."""
-    fixed = {alias: target for alias, target in aliases.items() if "=" in target}
-    plain = {alias: target for alias, target in aliases.items() if "=" not in target}
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        name = argv[i][2:].replace("-", "_") if argv[i].startswith("--") else None
-        if name in fixed and i + 1 < len(argv):
-            key, value = fixed[name].split("=", 1)
-            if argv[i + 1].lower() in ("true", "yes", "1"):
-                out += [f"--{key}", value]
-            elif argv[i + 1].lower() not in ("false", "no", "0"):
-                raise ConfigError(f"--{argv[i][2:]} is a flag (it sets {key}={value}); give it no value")
-            i += 2
-            continue
-        out.append(argv[i])
-        i += 1
-    return out, plain
-
-
 def parse_cli(cls: type[T], argv: Sequence[str] | None = None, *, description: str = "",
               default_config: str | Path | None = None, aliases: Mapping[str, str] | None = None) -> T:
     """Defaults of ``cls`` <- ``--config`` file (or ``default_config``) <- overrides; ``--help`` exits 0."""
@@ -144,5 +124,4 @@ def parse_cli(cls: type[T], argv: Sequence[str] | None = None, *, description: s
         else:
             rest.append(arg)
         i += 1
-    overrides, plain_aliases = _expand_value_aliases(_fill_flag_values(rest), aliases)
-    return load_config(cls, config_path, overrides, aliases=plain_aliases)
+    return load_config(cls, config_path, _fill_flag_values(rest), aliases=aliases)

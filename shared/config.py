@@ -183,10 +183,26 @@ def parse_overrides(argv: Sequence[str]) -> dict:
     return nested
 
 
+def _switch_value(alias: str, canonical: str, value: Any) -> Any:
+    """The value a switch alias (``"use_amp": "train.mixed_precision=auto|no"``) sets: the first
+    choice when on, the second (if any) when off; ``_UNSET`` for an off switch with no second choice."""
+    key, choices = canonical.split("=", 1)
+    on_value, _, off_value = choices.partition("|")
+    on = _coerce(value, bool, alias) if not isinstance(value, bool) else value
+    if on:
+        return on_value
+    return off_value if off_value else _UNSET
+
+
+_UNSET = object()
+
+
 def apply_aliases(values: dict, aliases: Mapping[str, str]) -> dict:
     """Rename the dotted keys of ``aliases`` (alias -> canonical key) in a nested mapping of settings.
 
-    Giving both spellings of one key is an error rather than a silent choice between them.
+    A canonical key with a value, ``"no_amp": "train.mixed_precision=no"`` or
+    ``"use_amp": "train.mixed_precision=auto|no"``, makes the alias a true/false switch that sets it.
+    Giving two spellings of one key is an error rather than a silent choice between them.
     """
     values = _deep_merge({}, values)
     for alias, canonical in aliases.items():
@@ -197,6 +213,11 @@ def apply_aliases(values: dict, aliases: Mapping[str, str]) -> dict:
         if not isinstance(node, dict) or leaf not in node:
             continue
         value = node.pop(leaf)
+        if "=" in canonical:
+            value = _switch_value(alias, canonical, value)
+            canonical = canonical.split("=", 1)[0]
+            if value is _UNSET:
+                continue
         *target_parents, target_leaf = canonical.split(".")
         target = values
         for part in target_parents:

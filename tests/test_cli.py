@@ -20,7 +20,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-ALIASES = {"learning_rate": "train.lr", "use_cv": "data.use_cv", "no_amp": "train.mixed_precision=no"}
+ALIASES = {"learning_rate": "train.lr", "use_cv": "data.use_cv", "no_amp": "train.mixed_precision=no",
+           "use_amp": "train.mixed_precision=auto|no"}
 
 
 def test_dotted_keys_set_keys_and_value_less_flags():
@@ -41,9 +42,17 @@ def test_both_spellings_of_one_key_is_an_error():
         parse_cli(RunConfig, ["--learning-rate", "1e-3", "--train.lr", "1e-4"], aliases=ALIASES)
 
 
-def test_fixed_value_flag_refuses_a_value():
-    with pytest.raises(ConfigError, match="is a flag"):
+def test_switch_aliases_on_off_in_files_and_on_the_command_line(tmp_path):
+    assert parse_cli(RunConfig, ["--use-amp", "false"], aliases=ALIASES).train.mixed_precision == "no"
+    assert parse_cli(RunConfig, ["--use-amp"], aliases=ALIASES).train.mixed_precision == "auto"
+    assert parse_cli(RunConfig, ["--no-amp", "false"], aliases=ALIASES).train.mixed_precision == "auto"
+    path = tmp_path / "run.yaml"
+    path.write_text("use_amp: false\n")
+    assert parse_cli(RunConfig, ["--config", str(path)], aliases=ALIASES).train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="no_amp: expected true/false, got 'fp16'"):
         parse_cli(RunConfig, ["--no-amp", "fp16"], aliases=ALIASES)
+    with pytest.raises(ConfigError, match="give only one of them"):
+        parse_cli(RunConfig, ["--use-amp", "--no-amp"], aliases=ALIASES)
 
 
 def test_config_file_then_overrides(tmp_path):
