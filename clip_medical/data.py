@@ -11,8 +11,7 @@ import torch
 from sklearn.model_selection import StratifiedKFold
 from torch.utils.data import Dataset
 
-from shared import DataError, load_image, scan_class_folders, stratified_split
-from clip_medical.json_files import read_json
+from shared import DataError, load_image, read_json, scan_class_folders, stratified_split
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +91,13 @@ class ClassFolderData:
     def subset(self, indices: np.ndarray, transform) -> "ImageLabelDataset":
         return ImageLabelDataset([self.paths[i] for i in indices], self.labels[indices], transform)
 
+    def held_out(self, data_dir: str, transform) -> "ImageLabelDataset":
+        """Another class-folder root with exactly these classes (``--test-dir``)."""
+        samples, class_names = scan_class_folders(data_dir)
+        if class_names != self.class_names:
+            raise DataError(f"{data_dir} has the classes {class_names}, but the training data {self.class_names}")
+        return ImageLabelDataset([path for path, _ in samples], np.array([label for _, label in samples]), transform)
+
 
 class ImageLabelDataset(Dataset):
     """(image tensor [3, H, W], class index) pairs; the image is read and transformed on access."""
@@ -103,6 +109,11 @@ class ImageLabelDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def sample_ids(self) -> list[str]:
+        """File paths in index order (the sample column of shared.evaluate_best's predictions CSV)."""
+        return [str(path) for path in self.paths]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.transform(load_image(self.paths[index])), int(self.labels[index])

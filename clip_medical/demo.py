@@ -10,8 +10,8 @@ character vocabulary built from its own class texts, saved as a normal Hugging F
 
 from __future__ import annotations
 
-import argparse
 import string
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from transformers import BertConfig, BertModel, BertTokenizer
 
-from clip_medical.json_files import write_json
+from shared import parse_cli, write_json
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -100,12 +100,15 @@ def write_demo(output_dir: str | Path, images_per_class: int = 30, size: int = 6
     return paths
 
 
+@dataclass
+class DemoConfig:
+    output_dir: str = "runs/clip_demo"  # folder for the demo images, class texts, tiny text encoder and config file
+    images_per_class: int = 30  # synthetic images in each of the three class folders
+    img_size: int = 64  # side of the square images, in pixels
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--images-per-class", type=int, default=30)
-    parser.add_argument("--img-size", type=int, default=64)
-    args = parser.parse_args(argv)
+    args = parse_cli(DemoConfig, argv, description=__doc__)
     for name, path in write_demo(args.output_dir, args.images_per_class, args.img_size).items():
         print(f"{name}={path}")
 

@@ -9,13 +9,12 @@ Step 1 of the guide's recommended method: generate from a template (or type each
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from shared import scan_class_folders
+from shared import parse_cli, scan_class_folders, write_json
 from clip_medical.data import format_template
-from clip_medical.json_files import write_json
 
 DEFAULT_TEMPLATE = "这是一张{class_name}的医学图像"
 
@@ -31,15 +30,19 @@ def generate_class_texts(class_names: Sequence[str], template: str = DEFAULT_TEM
     return texts
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, str]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", required=True, help="class-folder root: one folder per class")
-    parser.add_argument("--output", required=True, help="JSON file to write")
-    parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="must contain {class_name}")
-    parser.add_argument("--interactive", action="store_true", help="type a description for each class")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
-    args = parser.parse_args(argv)
+@dataclass
+class GenerateConfig:
+    data_dir: str = ""  # class-folder root: one folder per class (required)
+    output: str = "class_texts.json"  # JSON file to write
+    template: str = DEFAULT_TEMPLATE  # must contain {class_name}
+    interactive: bool = False  # type a description for each class (the template text is the default)
+    force: bool = False  # overwrite an existing output file
 
+
+def main(argv: Sequence[str] | None = None) -> dict[str, str]:
+    args = parse_cli(GenerateConfig, argv, description=__doc__)
+    if not args.data_dir:
+        raise ValueError("--data-dir is required")
     output = Path(args.output)
     if output.exists() and not args.force:
         raise FileExistsError(f"{output} exists (it may hold edited descriptions); pass --force to overwrite")

@@ -1,56 +1,48 @@
-"""Zero-shot classification of images with a model trained by ``train_clip.py``.
+"""Zero-shot classification of images with a model exported by train_clip.py (<run>/export/).
 
-Each image is compared with one text per class: by default the class texts stored in the
-checkpoint, or new classes given on the command line (``--class-text NAME=TEXT``, repeatable, or
-``--class-texts-file``), which is what a CLIP model allows and a fixed classifier does not.
+Each image is compared with one text per class: by default the trained class texts stored in the
+export, or new classes given on the command line (--class-text.NAME TEXT, repeatable, or
+--class-texts-file), which is what a CLIP model allows and a fixed classifier does not.
 
-    python clip_medical/predict.py --checkpoint runs/clip/my_model/checkpoint_best.pth \\
-        --images scans/ one_more.png --output predictions.csv
+    python clip_medical/predict.py --export runs/clip/my_model/export --images scans/ --output predictions.csv
+    python clip_medical/predict.py --export runs/clip/my_model --images "[a.png, b.png]" \\
+        --class-text.正常 "正常胸部" --class-text.异常 "显示病变的胸部"
 """
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
+from transformers import AutoTokenizer
 
-from shared import CheckpointError, DataError, build_image_transform, load_checkpoint, load_model_weights
+from shared import CheckpointError, DataError, build_image_transform, load_export, parse_cli, write_csv
 from shared.data import IMAGE_EXTENSIONS
 from clip_medical.data import ImageLabelDataset, load_class_texts_file
-from clip_medical.models import CLIPModel, build_clip_model, tokenize
-from clip_medical.task import ZeroShotCLIPTask
+from clip_medical.export import ZeroShotClassifier
+from clip_medical.models import tokenize
 
 
-def load_trained_model(checkpoint: str | Path) -> tuple[CLIPModel, object, dict]:
-    """Rebuild the architecture from the checkpoint's config and saved text-encoder directory
-    (no download: every weight comes from the checkpoint); returns (model, tokenizer, checkpoint)."""
-    checkpoint = Path(checkpoint)
-    state = load_checkpoint(checkpoint)
-    missing = [key for key in ("config", "class_names", "class_texts", "text_encoder_dir") if key not in state]
-    if missing:
-        raise CheckpointError(f"{checkpoint} is not a train_clip.py checkpoint (missing {missing})")
-    cfg = state["config"]
-    text_dir = checkpoint.parent / state["text_encoder_dir"]
-    if not text_dir.is_dir():
-        raise CheckpointError(f"tokenizer/config folder {text_dir} written with {checkpoint.name} is missing")
-    model, tokenizer = build_clip_model(cfg["image_encoder_name"], str(text_dir), cfg["embed_dim"], cfg["temperature"],
-                                        cfg["img_size"], pretrained_image=False, pretrained_text=False)
-    load_model_weights(model, state["model"], source=str(checkpoint))
-    return model.eval(), tokenizer, state
+@dataclass
+class PredictConfig:
+    export: str = ""  # a run's export/ folder (model.json + model.safetensors), or the run folder holding it
+    images: list[str] | str = ""  # an image file or folder (searched recursively), or a list "[a.png, scans/]"
+    class_text: dict[str, str] = field(default_factory=dict)  # new classes: --class-text.NAME TEXT (replaces the trained ones)
+    class_texts_file: str | None = None  # JSON {"class": "text"} of new classes (replaces the trained ones)
+    batch_size: int = 32  # images per forward pass
+    device: str = "auto"  # cuda when available, else cpu; or any torch device name
+    output: str | None = None  # also write the table as CSV here
 
 
-def parse_class_texts(pairs: Sequence[str]) -> dict[str, str]:
-    texts = {}
-    for pair in pairs:
-        name, sep, text = pair.partition("=")
-        if not sep or not name.strip() or not text.strip():
-            raise ValueError(f"--class-text expects NAME=TEXT, got {pair!r}")
-        texts[name.strip()] = text.strip()
-    return texts
+def export_folder(path: str | Path) -> Path:
+    path = Path(path)
+    if not (path / "model.json").is_file() and (path / "export" / "model.json").is_file():
+        return path / "export"
+    return path
 
 
 def expand_image_paths(inputs: Sequence[str]) -> list[Path]:
@@ -69,49 +61,45 @@ def expand_image_paths(inputs: Sequence[str]) -> list[Path]:
 
 
 @torch.no_grad()
-def predict(model: CLIPModel, tokenizer, class_texts: dict[str, str], paths: list[Path], img_size: int,
+def predict(model: ZeroShotClassifier, class_names: list[str], paths: list[Path], preprocessing: dict,
             batch_size: int = 32, device: str = "cpu") -> pd.DataFrame:
-    """One row per image: path, predicted class and the probability of every class."""
-    names = list(class_texts)
-    task = ZeroShotCLIPTask(tokenize(tokenizer, list(class_texts.values())), names)
-    dataset = ImageLabelDataset(paths, [-1] * len(paths), build_image_transform(img_size, train=False))
-    model = model.to(device)
-    probs = []
-    task.on_eval_start(model)
-    for images, _ in DataLoader(dataset, batch_size=batch_size):
-        logits = task.eval_logits(model, images.to(device))
-        probs.append(logits.float().softmax(dim=1).cpu())
-    probs = torch.cat(probs).numpy()
-    table = pd.DataFrame(probs, columns=[f"prob_{name}" for name in names])
-    table.insert(0, "predicted", [names[i] for i in probs.argmax(axis=1)])
+    """One row per image: path, predicted class and the probability of every class. ``preprocessing`` is
+    the export's (``model.json``): resize to its size, normalise with its mean and std."""
+    transform = build_image_transform(preprocessing["size"][0], train=False, mean=preprocessing["mean"],
+                                      std=preprocessing["std"])
+    dataset = ImageLabelDataset(paths, [-1] * len(paths), transform)
+    model = model.to(device).eval()
+    probs = torch.cat([model(images.to(device)).float().softmax(dim=1).cpu()
+                       for images, _ in DataLoader(dataset, batch_size=batch_size)]).numpy()
+    table = pd.DataFrame(probs, columns=[f"prob_{name}" for name in class_names])
+    table.insert(0, "predicted", [class_names[i] for i in probs.argmax(axis=1)])
     table.insert(0, "path", [str(p) for p in paths])
     return table
 
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="checkpoint_best.pth or checkpoint_latest.pth")
-    parser.add_argument("--images", nargs="+", required=True, help="image files and/or folders")
-    parser.add_argument("--class-text", action="append", default=[], metavar="NAME=TEXT",
-                        help="a class and its text; repeat for each class (replaces the trained classes)")
-    parser.add_argument("--class-texts-file", default=None,
-                        help='JSON {"class": "text"} (replaces the trained classes)')
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--output", default=None, help="write the table as CSV here")
-    args = parser.parse_args(argv)
-
-    model, tokenizer, state = load_trained_model(args.checkpoint)
-    class_texts = dict(state["class_texts"])
+    args = parse_cli(PredictConfig, argv, description=__doc__)
+    if not args.export or not args.images:
+        raise ValueError("--export and --images are required")
+    export_dir = export_folder(args.export)
+    model, info = load_export(export_dir)
+    if info["project"] != "clip_medical":
+        raise CheckpointError(f"{export_dir} holds a {info['project']} model, not a clip_medical one")
+    class_names = list(info["class_names"])
     if args.class_texts_file or args.class_text:
         class_texts = load_class_texts_file(args.class_texts_file) if args.class_texts_file else {}
-        class_texts.update(parse_class_texts(args.class_text))
-    if len(class_texts) < 2:
-        raise ValueError(f"zero-shot classification needs at least two classes, got {list(class_texts)}")
-    table = predict(model, tokenizer, class_texts, expand_image_paths(args.images), state["config"]["img_size"],
-                    args.batch_size, args.device)
+        class_texts.update({str(name): str(text) for name, text in args.class_text.items()})
+        if len(class_texts) < 2:
+            raise ValueError(f"zero-shot classification needs at least two classes, got {list(class_texts)}")
+        tokenizer = AutoTokenizer.from_pretrained(export_dir / info["extra"]["tokenizer_dir"])
+        model.set_class_texts(tokenize(tokenizer, list(class_texts.values())))
+        class_names = list(class_texts)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    images = [args.images] if isinstance(args.images, str) else args.images
+    table = predict(model, class_names, expand_image_paths(images), info["preprocessing"],
+                    args.batch_size, device)
     if args.output:
-        table.to_csv(args.output, index=False)
+        write_csv(args.output, list(table.columns), table.itertuples(index=False))
     print(table.to_string(index=False))
     return table
 

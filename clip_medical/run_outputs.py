@@ -1,23 +1,19 @@
-"""The files a run leaves behind, in the guide's formats: history.json, training_history.png,
-the best model's evaluation report and the cross-validation summary."""
+"""The guide's own summary files, built from the numbers the shared engine and ``shared.evaluate_best``
+already produced (history and ``results/val_metrics.json``): ``best_model_metrics.json``, the per-fold
+rows of ``cv_summary.json`` and their mean and standard deviation."""
 
 from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import matplotlib
 import numpy as np
 
-from shared import Callback, plot_confusion_matrix, plot_roc_curves, plot_training_curves
-from clip_medical.json_files import write_json
-from clip_medical.task import zero_shot_probabilities
-
-CURVE_KEYS = ["train/loss", "val/loss", "train/acc", "val/acc"]  # the guide's two panels: loss, accuracy (%)
 # Class names are often Chinese: use a CJK font when one is installed (DejaVu Sans has no CJK glyphs).
 CJK_FONTS = ["Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "SimHei", "Microsoft YaHei"]
+PER_CLASS_STATS = ("precision", "recall", "f1", "auc", "specificity")
 
 
 @contextmanager
@@ -33,43 +29,33 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def history_columns(history: Sequence[Mapping[str, Any]]) -> dict[str, list]:
-    """Engine history (one dict per epoch) -> one list per metric, named as in the guide
-    (``train/loss`` -> ``train_loss``, ``val/acc`` -> ``val_acc``); per-class entries are left out."""
-    keys = dict.fromkeys(k for epoch in history for k, v in epoch.items()
-                         if _is_number(v) and (k == "epoch" or k.count("/") == 1))
-    return {key.replace("/", "_"): [epoch.get(key) for epoch in history] for key in keys}
+def best_epoch(history: Sequence[Mapping[str, Any]], monitor: str, mode: str) -> int:
+    """The best epoch by ``monitor`` (first occurrence, as the engine keeps its best checkpoint)."""
+    values = np.array([epoch[monitor] for epoch in history], dtype=np.float64)
+    return int(np.nanargmax(values) if mode == "max" else np.nanargmin(values)) + 1
 
 
-class GuideHistoryWriter(Callback):
-    """After every epoch (so an interrupted run still has them): ``history.json`` in the guide's
-    column format, replacing the engine's per-epoch list, and ``training_history.png``."""
-
-    def __init__(self, run_dir: Path):
-        self.run_dir = Path(run_dir)
-
-    def on_epoch_end(self, engine, epoch: int, metrics: dict) -> None:
-        if not engine.accelerator.is_main_process:
-            return
-        write_json(self.run_dir / "history.json", history_columns(engine.history))
-        with cjk_plotting():
-            plot_training_curves(engine.history, self.run_dir / "training_history.png", keys=CURVE_KEYS)
+def best_model_report(val: Mapping[str, Any], epoch_metrics: Mapping[str, Any], class_names: list[str],
+                      title: str) -> dict[str, Any]:
+    """``best_model_metrics.json``: the evaluated model's validation metrics (accuracy also in percent, as
+    the guide), its validation loss from the history, per-class statistics and the confusion matrix."""
+    summary = {key: value for key, value in val.items() if _is_number(value) and "/" not in key}
+    per_class = {name: {stat: val[f"{stat}/{name}"] for stat in PER_CLASS_STATS} for name in class_names}
+    return {"model": title, **summary, "acc": 100.0 * val["accuracy"], "loss": epoch_metrics["val/loss"],
+            "per_class": per_class, "confusion_matrix": val["confusion_matrix"], "class_names": class_names}
 
 
-def write_evaluation_report(metrics: Mapping[str, Any], outputs: Mapping[str, np.ndarray], class_names: list[str],
-                            run_dir: Path, title: str) -> None:
-    """``best_model_metrics.json`` (per-class precision/recall/F1/AUC, confusion matrix) and its figures."""
-    per_class = {name: {stat: metrics[f"{stat}/{name}"] for stat in ("precision", "recall", "f1", "auc", "specificity")}
-                 for name in class_names}
-    summary = {key: value for key, value in metrics.items() if _is_number(value) and "/" not in key}
-    write_json(run_dir / "best_model_metrics.json",
-               {"model": title, **summary, "per_class": per_class, "confusion_matrix": metrics["confusion_matrix"],
-                "class_names": class_names})
-    with cjk_plotting():
-        plot_confusion_matrix(metrics["confusion_matrix"], class_names, run_dir / "confusion_matrix.png",
-                              title=f"Confusion matrix ({title})")
-        plot_roc_curves(outputs["labels"], zero_shot_probabilities(outputs["logits"]), class_names,
-                        run_dir / "roc_curves.png", title=f"Zero-shot ROC ({title})")
+def split_summary(history: Sequence[Mapping[str, Any]], report: Mapping[str, Any], best_epoch: int) -> dict[str, Any]:
+    """One run's row of ``cv_summary.json``: last-epoch train/val numbers, the best epoch, the best model's."""
+    last = history[-1]
+    return {
+        "epochs_trained": len(history),
+        "train_loss": last["train/loss"], "train_acc": last["train/acc"],
+        "val_loss": last["val/loss"], "val_acc": last["val/acc"],
+        "best_val_acc": max(epoch["val/acc"] for epoch in history), "best_epoch": best_epoch,
+        "best_model_val_acc": report["acc"], "best_model_val_auc": report["auc"],
+        "best_model_val_loss": report["loss"], "temperature": last["train/temperature"],
+    }
 
 
 def summarize_folds(fold_results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -56,7 +56,7 @@ $PYTHON clip_medical/train_clip.py --data-dir "$DATA_DIR" --output-dir "$OUTPUT_
   --text-encoder "$TEXT_ENCODER" "${TEXTS[@]}" "${SIZES[@]}" --multi-config --config-file "$CONFIG_FILE" \
   --gpu-id "$GPU_ID"
 
-echo "== 4/4 zero-shot prediction with the single run's best checkpoint"
-$PYTHON clip_medical/predict.py --checkpoint "$OUTPUT_DIR/single/checkpoint_best.pth" --images "$DATA_DIR" \
+echo "== 4/4 zero-shot prediction with the single run's exported best model"
+$PYTHON clip_medical/predict.py --export "$OUTPUT_DIR/single/export" --images "$DATA_DIR" \
   --output "$OUTPUT_DIR/single/predictions.csv" | tail -n 5
 echo "done: outputs under $OUTPUT_DIR (cv summary: $OUTPUT_DIR/cv/cv_summary.json)"

@@ -26,6 +26,8 @@ class ZeroShotCLIPTask(Task):
     is the training objective on the validation batches (each batch weighted by its size).
     """
 
+    task_type = "zero-shot"  # shared.evaluate_best: softmax over the class texts
+
     def __init__(self, class_tokens: dict[str, torch.Tensor], class_names: list[str]):
         self.class_tokens = class_tokens  # input_ids / attention_mask [C, L]
         self.class_names = list(class_names)
@@ -63,10 +65,10 @@ class ZeroShotCLIPTask(Task):
         images, labels = batch
         logits = self.eval_logits(model, images)
         batch_loss = multi_positive_contrastive_loss(logits, labels)
-        return {"logits": logits.float(), "labels": labels, "batch_loss": batch_loss.detach().expand(len(labels))}
+        return {"logits": logits.float(), "targets": labels, "batch_loss": batch_loss.detach().expand(len(labels))}
 
     def compute_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
-        metrics = multiclass_metrics(outputs["labels"], zero_shot_probabilities(outputs["logits"]), self.class_names)
+        metrics = multiclass_metrics(outputs["targets"], zero_shot_probabilities(outputs["logits"]), self.class_names)
         metrics["acc"] = 100.0 * metrics["accuracy"]
         metrics["loss"] = float(outputs["batch_loss"].mean())
         return metrics

@@ -10,14 +10,15 @@ encoder directory (``python -m clip_medical.demo`` writes a tiny one).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
+from shared import parse_cli
 from clip_medical.models import IMAGE_ENCODERS, build_clip_model, build_image_encoder, load_text_encoder, tokenize
 
 SAMPLE_TEXTS = ["这是一张正常的胸部X光图像", "这是一张显示肺炎病变的胸部X光图像"]
@@ -70,20 +71,28 @@ def run_checks(checks: dict[str, Callable[[], str]]) -> int:
     return failures
 
 
+@dataclass
+class CheckConfig:
+    image_encoders: list[str] | str = "all"  # "all", one name, or a list "[resnet18, vit]" (the guide's names)
+    text_encoder: str = "bert-base-chinese"  # BERT-style Hugging Face name or local directory
+    img_size: int = 224  # input size of the forward checks
+    embed_dim: int = 512  # CLIP embedding size of the full-model check
+    pretrained: bool = False  # also load ImageNet weights (downloads)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image-encoders", nargs="+", default=list(IMAGE_ENCODERS), choices=list(IMAGE_ENCODERS))
-    parser.add_argument("--text-encoder", default="bert-base-chinese")
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--embed-dim", type=int, default=512)
-    parser.add_argument("--pretrained", action="store_true", help="also load ImageNet weights (downloads)")
-    args = parser.parse_args(argv)
+    args = parse_cli(CheckConfig, argv, description=__doc__)
+    names = args.image_encoders
+    names = list(IMAGE_ENCODERS) if names == "all" else [names] if isinstance(names, str) else names
+    unknown = [name for name in names if name not in IMAGE_ENCODERS]
+    if unknown:
+        raise ValueError(f"unknown image encoder(s) {unknown}; choose from {list(IMAGE_ENCODERS)}")
 
     checks = {f"image encoder {name}": (lambda name=name: check_image_encoder(name, args.img_size, args.pretrained))
-              for name in args.image_encoders}
+              for name in names}
     checks[f"text encoder {args.text_encoder}"] = lambda: check_text_encoder(args.text_encoder)
-    checks[f"CLIP {args.image_encoders[0]} + {args.text_encoder}"] = lambda: check_clip_model(
-        args.image_encoders[0], args.text_encoder, args.img_size, args.embed_dim, args.pretrained)
+    checks[f"CLIP {names[0]} + {args.text_encoder}"] = lambda: check_clip_model(
+        names[0], args.text_encoder, args.img_size, args.embed_dim, args.pretrained)
     failures = run_checks(checks)
     print(f"{len(checks) - failures}/{len(checks)} checks passed")
     return 1 if failures else 0

@@ -12,11 +12,11 @@ from shared.losses import build_loss, pos_weight_from_labels
 @dataclass
 class LossConfig:
     loss_type: str = "asymmetric_loss"  # asymmetric_loss | focal | weighted_bce | bce
-    gamma_neg: float = 4.0  # ASL
-    gamma_pos: float = 0.0  # ASL (0 or 1 in the paper)
+    gamma_neg: float = 4.0  # ASL: focusing exponent of negatives
+    gamma_pos: float = 0.0  # ASL: focusing exponent of positives (0 or 1 in the paper)
     clip: float = 0.05  # ASL probability shift of negatives
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
+    focal_alpha: float = 0.25  # focal: weight of the positive term
+    focal_gamma: float = 2.0  # focal: focusing exponent
 
 
 def build_criterion(cfg: LossConfig, train_labels: np.ndarray) -> nn.Module:

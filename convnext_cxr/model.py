@@ -16,21 +16,24 @@ always 1, so its "attention" did nothing. Here the labels attend over spatial to
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import timm
 import torch
 import torch.nn as nn
+
+from shared import config_from_dict, config_to_dict, register_model
 
 
 @dataclass
 class ModelConfig:
     backbone: str = "convnext_large"  # any timm model name
     pretrained: bool = True  # ImageNet weights from the hub (or timm's local cache)
-    drop_path_rate: float = 0.2
+    drop_path_rate: float = 0.2  # stochastic depth of the backbone
     embed_dim: int = 512  # width of the label-correlation module
-    num_heads: int = 8
-    head_hidden_dim: int = 256
-    dropout: float = 0.2
+    num_heads: int = 8  # attention heads of the label-correlation module (must divide embed_dim)
+    head_hidden_dim: int = 256  # hidden width of each finding's head
+    dropout: float = 0.2  # in the label-correlation module and the heads
     backbone_kwargs: dict = field(default_factory=dict)  # extra timm arguments, e.g. {img_size: 512} for ViTs
 
 
@@ -123,3 +126,16 @@ class CXRClassifier(nn.Module):
 
 def build_model(cfg: ModelConfig, num_labels: int = 14) -> CXRClassifier:
     return CXRClassifier(cfg, num_labels)
+
+
+def export_architecture(cfg: ModelConfig, num_labels: int) -> dict[str, Any]:
+    """What an export records to rebuild the model: the model section and the number of findings."""
+    return {**config_to_dict(cfg), "num_labels": num_labels}
+
+
+@register_model("convnext_cxr")
+def build_exported(architecture: Mapping[str, Any]) -> CXRClassifier:
+    """The classifier of :func:`export_architecture`, without downloading weights (the export holds them)."""
+    values = dict(architecture)
+    num_labels = int(values.pop("num_labels"))
+    return CXRClassifier(config_from_dict(ModelConfig, {**values, "pretrained": False}), num_labels)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from convnext_cxr.config import parse_config
 from convnext_cxr.dataset import split_caches, split_cxr_records
-from convnext_cxr.train import parse_config
 
 
 def main(argv: Sequence[str] | None = None) -> list:
-    cfg = parse_config(argv)
+    cfg = parse_config(argv, description="Build convnext_cxr's preprocessed image cache (same keys as train.py; "
+                                         "set data.cache_dir).")
     if not cfg.data.cache_dir:
         raise SystemExit("set --data.cache_dir DIR (and use the same value for training)")
     caches = split_caches(cfg.data, split_cxr_records(cfg.data, cfg.train.output_dir, cfg.train.seed))

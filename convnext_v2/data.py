@@ -89,6 +89,11 @@ class ClassFolderDataset(Dataset):
     def labels(self) -> list[int]:
         return [label for _, label in self.samples]
 
+    @property
+    def sample_ids(self) -> list[str]:
+        """The image paths in index order (the ``sample`` column of ``results/<split>_predictions.csv``)."""
+        return [str(path) for path, _ in self.samples]
+
 
 def split_class_folder(
     data_dir: str | Path, fractions: Sequence[float], seed: int, transforms: Sequence[Callable]

@@ -11,11 +11,11 @@ from torchvision.transforms import v2
 
 @dataclass
 class MixConfig:
-    mixup: bool = True
-    cutmix: bool = True
-    mixup_alpha: float = 0.8  # Beta(alpha, alpha) mixing ratio; the ConvNeXt recipe's values
-    cutmix_alpha: float = 1.0
-    label_smoothing: float = 0.1
+    mixup: bool = True  # MixUp: blend each image with its neighbour in the batch (with both on, one per batch)
+    cutmix: bool = True  # CutMix: paste a box of the neighbour image; both off = plain one-hot labels
+    mixup_alpha: float = 0.8  # MixUp ratio ~ Beta(alpha, alpha); the ConvNeXt recipe's value
+    cutmix_alpha: float = 1.0  # CutMix box area ~ Beta(alpha, alpha)
+    label_smoothing: float = 0.1  # probability mass spread evenly over all classes, after mixing
 
 
 class MixUpCutMix:

@@ -1,18 +1,19 @@
-"""Classify one image with a checkpoint from ``train_flowers.py`` / ``train.py``.
+"""Classify one image with the model ``train_flowers.py`` / ``train.py`` exported.
 
-    python convnext_v2/predict_flowers.py --image photo.jpg --model runs/flowers/checkpoints/checkpoint_best_ema.pth
+    python convnext_v2/predict_flowers.py --image photo.jpg --model runs/flowers/export
         [--cpu] [--model_type v1|v2] [--top-k 5] [--output photo_prediction.png]
 
 Prints the top-k classes with their probabilities and saves the image next to a bar chart of them.
-The checkpoint carries the model name, class names and image size, so nothing else is needed;
-``--model_type`` only checks that the checkpoint holds the family you expect.
+``--model`` is an export folder (``model.safetensors`` + ``model.json``, the format every project writes)
+or the run folder holding ``export/``; ``model.json`` carries the architecture, the class names and the
+preprocessing, so nothing else is needed. ``--model_type`` only checks that it holds the family you expect.
 """
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import matplotlib
 
@@ -22,33 +23,46 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
-from convnext_v2.data import build_eval_transform  # noqa: E402
-from convnext_v2.model import create_model, model_family  # noqa: E402
-from shared import CheckpointError, load_checkpoint, load_image, load_model_weights  # noqa: E402
-
-REQUIRED_KEYS = ("model", "model_name", "class_names")
+from shared import (CheckpointError, ConfigError, build_image_transform, load_export, load_image,  # noqa: E402
+                    parse_cli, read_export_info)
 
 
-def load_classifier(path: str | Path, device: torch.device, model_type: str | None = None) -> tuple[nn.Module, dict]:
-    """The model in eval mode on ``device``, and the checkpoint (for its class names and image size)."""
-    checkpoint = load_checkpoint(path)
-    missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
-    if missing:
-        raise CheckpointError(f"{path} is not a convnext_v2 training checkpoint: it lacks {missing}")
-    name = checkpoint["model_name"]
-    if model_type is not None and model_family(name) != model_type:
-        raise ValueError(f"--model_type {model_type}, but {path} holds {name}, a {model_family(name)} model")
-    model = create_model(name, num_classes=len(checkpoint["class_names"]))
-    load_model_weights(model, checkpoint["model"], source=str(path))
-    return model.eval().to(device), checkpoint
+@dataclass
+class PredictConfig:
+    image: str = ""  # image file to classify (required)
+    model: str = ""  # export folder written by train.py / train_flowers.py, or the run folder holding export/
+    cpu: bool = False  # run on the CPU even when a GPU is available
+    model_type: Literal["", "v1", "v2"] = ""  # check that the export holds this family ("" = either)
+    top_k: int = 5  # how many classes to show
+    output: str = ""  # bar-chart PNG ("" = <image name>_prediction.png in the current folder)
+
+
+def load_classifier(path: str | Path, device: torch.device, model_type: str = "") -> tuple[nn.Module, dict]:
+    """The exported model in eval mode on ``device``, and its ``model.json`` (class names, preprocessing)."""
+    path = Path(path)
+    if (path / "export" / "model.json").is_file():
+        path = path / "export"
+    info = read_export_info(path)
+    if info["project"] != "convnext_v2":
+        raise CheckpointError(f"{path} holds a {info['project']} model, not a convnext_v2 classifier")
+    family, name = info["architecture"]["family"], info["architecture"].get("model_name") or "a custom size"
+    if model_type and family != model_type:
+        raise ValueError(f"--model_type {model_type}, but {path} holds {name}, a {family} model")
+    return load_export(path, device)
+
+
+def eval_transform(info: dict):
+    """PIL image -> the normalised tensor the exported model expects (its ``preprocessing``)."""
+    pre = info["preprocessing"]
+    return build_image_transform(pre["size"][0], train=False, mean=pre["mean"], std=pre["std"])
 
 
 @torch.no_grad()
-def predict(model: nn.Module, image: Image.Image, image_size: int, class_names: Sequence[str],
+def predict(model: nn.Module, image: Image.Image, transform, class_names: Sequence[str],
             top_k: int = 5) -> list[tuple[str, float]]:
     """The ``top_k`` (class name, probability) pairs, most likely first."""
     device = next(model.parameters()).device
-    x = build_eval_transform(image_size)(image).unsqueeze(0).to(device)  # (3, S, S) -> (1, 3, S, S)
+    x = transform(image).unsqueeze(0).to(device)  # (3, S, S) -> (1, 3, S, S)
     probabilities = model(x).float().softmax(dim=-1)[0]  # (num_classes,)
     values, indices = probabilities.topk(min(top_k, len(class_names)))
     return [(class_names[i], float(p)) for p, i in zip(values.tolist(), indices.tolist())]
@@ -73,22 +87,16 @@ def plot_prediction(image: Image.Image, top: Sequence[tuple[str, float]], path: 
 
 
 def main(argv: Sequence[str] | None = None) -> list[tuple[str, float]]:
-    parser = argparse.ArgumentParser(description="Classify an image with a trained ConvNeXt checkpoint.")
-    parser.add_argument("--image", required=True, help="image file to classify")
-    parser.add_argument("--model", required=True, help="checkpoint (.pth) written by train_flowers.py / train.py")
-    parser.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
-    parser.add_argument("--model_type", choices=["v1", "v2"], help="check that the checkpoint holds this family")
-    parser.add_argument("--top-k", type=int, default=5, help="how many classes to show (default: %(default)s)")
-    parser.add_argument("--output", help="bar-chart PNG (default: <image name>_prediction.png here)")
-    args = parser.parse_args(argv)
-
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    model, checkpoint = load_classifier(args.model, device, args.model_type)
-    image = load_image(args.image)
-    top = predict(model, image, checkpoint.get("image_size", 224), checkpoint["class_names"], args.top_k)
+    cfg = parse_cli(PredictConfig, argv, description="Classify an image with an exported ConvNeXt classifier.")
+    if not cfg.image or not cfg.model:
+        raise ConfigError("--image and --model are required (an image file and an export folder)")
+    device = torch.device("cuda" if torch.cuda.is_available() and not cfg.cpu else "cpu")
+    model, info = load_classifier(cfg.model, device, cfg.model_type)
+    image = load_image(cfg.image)
+    top = predict(model, image, eval_transform(info), info["class_names"], cfg.top_k)
     for rank, (name, probability) in enumerate(top, start=1):
         print(f"{rank}. {name:<20} {probability:.4f}")
-    output = plot_prediction(image, top, args.output or f"{Path(args.image).stem}_prediction.png")
+    output = plot_prediction(image, top, cfg.output or f"{Path(cfg.image).stem}_prediction.png")
     print(f"bar chart: {output}")
     return top
 

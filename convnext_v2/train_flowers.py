@@ -5,8 +5,9 @@
     accelerate launch --multi_gpu --num_processes 8 convnext_v2/train_flowers.py ...
 
 The images are split 70/15/15 (stratified, seeded by ``train.seed``) into train, validation and
-test; the model with the best validation accuracy (raw or EMA weights) is evaluated on the test part
-at the end. Any ``train.py`` option works here too; only the defaults differ.
+test; the model with the best validation accuracy (raw or EMA weights) is evaluated on validation and
+test at the end (``results/``) and exported (``export/``, for ``predict_flowers.py``). Any ``train.py``
+option and spelling works here too; only the defaults differ.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from shared import TrainConfig
 @dataclass
 class FlowersConfig(RunConfig):
     data_dir: str = "./data/flower_photos"  # the TensorFlow flower_photos layout: daisy/, dandelion/, roses/, ...
-    split: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
-    train: TrainConfig = field(default_factory=lambda: default_train_config(output_dir="runs/flowers", epochs=30))
+    split: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])  # train/val/test fractions of data_dir
+    train: TrainConfig = field(  # the shared training settings
+        default_factory=lambda: default_train_config(output_dir="runs/flowers", epochs=30))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Measure every backbone x attention setting: parameters, GFLOPs, latency per image, peak memory.
 
-    python hybridmednet/benchmark.py --backbones convnext_tiny swin_tiny --image-size 224 --output table.md
+    python hybridmednet/benchmark.py --backbones convnext_tiny,swin_tiny --image_size 224 --output table.md
 
 GFLOPs come from ``torch.utils.flop_counter`` (a multiply-add counts as 2 FLOPs; matmuls,
 convolutions and attention are counted, element-wise ops such as the Mamba scan's exp/mul are
@@ -10,22 +10,42 @@ memory is the activation memory of that forward pass (weights excluded). Models 
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 
 from hybridmednet.configs.default_config import Config
 from hybridmednet.models.attention import ATTENTION_SETTINGS
+from hybridmednet.models.backbones import BACKBONES
 from hybridmednet.models.hybrid_med_net import HybridMedNet
 from hybridmednet.profiling import count_flops, count_parameters, median_latency, peak_memory
+from shared import ConfigError, parse_cli, write_json
 
 SMALL_BACKBONES = ["convnext_tiny", "swin_tiny", "efficientnetv2_s", "resnet34", "vim_tiny"]
+
+
+@dataclass
+class BenchmarkConfig:
+    backbones: str = ",".join(SMALL_BACKBONES)  # comma-separated backbone names (models/backbones.py BACKBONES)
+    attention: str = ",".join(ATTENTION_SETTINGS)  # comma-separated attention settings (cbam, cbam+cross, mhsa, mhsa+cross)
+    image_size: int = 224  # input height and width, pixels
+    repeats: int = 5  # timed batch-1 forward passes; the median is reported
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    device: str = "cpu"  # cpu | cuda
+    output: str = ""  # write the markdown table here (and a .json next to it)
+
+
+def names(spec: str, valid: Iterable[str], key: str) -> list[str]:
+    """The comma-separated names of ``spec``, each checked against ``valid``."""
+    chosen, valid = [name.strip() for name in spec.split(",") if name.strip()], list(valid)
+    unknown = [name for name in chosen if name not in valid]
+    if unknown or not chosen:
+        raise ConfigError(f"--{key}: unknown or no names {unknown}; choose comma-separated names from {valid}")
+    return chosen
 
 
 @dataclass
@@ -91,21 +111,15 @@ def markdown_table(rows: Sequence[BenchmarkRow], image_size: int, machine: str) 
 
 
 def main(argv: Sequence[str] | None = None) -> list[BenchmarkRow]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backbones", nargs="+", default=SMALL_BACKBONES)
-    parser.add_argument("--attention", nargs="+", default=list(ATTENTION_SETTINGS), choices=list(ATTENTION_SETTINGS))
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--output", default=None, help="write the markdown table here (and a .json next to it)")
-    args = parser.parse_args(argv)
+    args = parse_cli(BenchmarkConfig, argv, description=__doc__.split("\n\n")[0])
+    backbones = names(args.backbones, BACKBONES, "backbones")
+    attentions = names(args.attention, ATTENTION_SETTINGS, "attention")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = []
-    for backbone in args.backbones:
-        for attention in args.attention:
+    for backbone in backbones:
+        for attention in attentions:
             rows.append(measure(backbone, attention, args.image_size, args.repeats, device))
             print(f"{backbone:<18} {attention:<11} {rows[-1].params_m:6.1f}M {rows[-1].gflops:7.2f} GFLOPs "
                   f"{rows[-1].latency_ms:7.0f} ms {rows[-1].peak_memory_mb:6.0f} MB", flush=True)
@@ -114,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> list[BenchmarkRow]:
     if args.output:
         output = Path(args.output)
         output.write_text(table)
-        output.with_suffix(".json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
+        write_json(output.with_suffix(".json"), [asdict(r) for r in rows], indent=1)
     return rows
 
 

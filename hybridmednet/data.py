@@ -1,19 +1,12 @@
-"""ChestX-ray14 datasets and transforms from the DATA section (CSV parsing and splits live in shared.cxr14)."""
+"""ChestX-ray14 datasets and transforms from the DATA section (finding, splitting and assembling: shared.cxr14)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
 
 from torchvision.transforms import v2
 
-from shared.cxr14 import FINDINGS, ChestXray14Dataset, demo_cxr_paths, load_records, split_records
+from shared.cxr14 import FINDINGS, CXRSplits, locate_data, split_dataset
 from shared.data import DataError, build_image_transform
-
-
-class CXRSplits(NamedTuple):
-    train: ChestXray14Dataset
-    val: ChestXray14Dataset
-    test: ChestXray14Dataset
 
 
 def build_transform(data_cfg, train: bool) -> v2.Compose:
@@ -24,33 +17,18 @@ def build_transform(data_cfg, train: bool) -> v2.Compose:
     return build_image_transform(data_cfg["image_size"], train=train, augmentation=augmentation, hflip=False)
 
 
-def resolve_data_paths(config) -> tuple[Path, Path]:
-    """(image folder, label CSV); with ``DATA.demo`` a synthetic set is generated once under the run folder."""
-    data = config.DATA
-    if data["demo"]:
-        return demo_cxr_paths(Path(config.CHECKPOINT["save_dir"]) / "demo_data", data["demo_num_images"],
-                              data["image_size"], config.TRAIN["seed"])
-    image_dir, csv_path = Path(data["data_dir"]), Path(data["labels_file"])
-    if not image_dir.is_dir() or not csv_path.is_file():
-        raise DataError(
-            f"ChestX-ray14 data not found: DATA.data_dir={image_dir} (folder), DATA.labels_file={csv_path} (CSV). "
-            "Pass your copy with --set DATA.data_dir=... --set DATA.labels_file=..., or try the synthetic "
-            "demo with --set DATA.demo=true")
-    return image_dir, csv_path
-
-
 def build_datasets(config) -> CXRSplits:
-    """Patient-level train/val/test splits; training images get the augmenting transform."""
+    """Patient-level train/val/test splits; training images get the augmenting transform. With ``DATA.demo``
+    a synthetic set is generated once under ``train.output_dir``."""
     data = config.DATA
     if config.MODEL["num_classes"] != len(FINDINGS):
         raise DataError(f"MODEL.num_classes={config.MODEL['num_classes']} but ChestX-ray14 has "
                         f"{len(FINDINGS)} findings: {list(FINDINGS)}")
-    image_dir, csv_path = resolve_data_paths(config)
-    records = load_records(csv_path, image_dir, FINDINGS, data["on_bad_image"])
-    train, val, test = split_records(
-        records, (data["train_split"], data["val_split"], data["test_split"]), config.TRAIN["seed"],
-        data["train_val_list"] or None, data["test_list"] or None,
-    )
-    train_tf, eval_tf = build_transform(data, train=True), build_transform(data, train=False)
-    return CXRSplits(ChestXray14Dataset(train, train_tf), ChestXray14Dataset(val, eval_tf),
-                     ChestXray14Dataset(test, eval_tf))
+    image_dir, csv_path = locate_data(data["data_dir"], data["labels_file"],
+                                      demo_dir=Path(config.train.output_dir) / "demo_data" if data["demo"] else None,
+                                      demo_num_images=data["demo_num_images"], image_size=data["image_size"],
+                                      seed=config.train.seed, keys=("DATA.data_dir", "DATA.labels_file", "DATA.demo"))
+    records = split_dataset(image_dir, csv_path, fractions=(data["train_split"], data["val_split"], data["test_split"]),
+                            seed=config.train.seed, train_val_list=data["train_val_list"], test_list=data["test_list"],
+                            on_bad_image=data["on_bad_image"])
+    return CXRSplits.from_records(records, build_transform(data, train=True), build_transform(data, train=False))

@@ -21,6 +21,8 @@ class HybridMedNetTask(Task):
     device, so a pos_weight buffer never sits on the wrong device.
     """
 
+    task_type = "multi-label"
+
     def __init__(self, finding_loss: nn.Module, findings: Sequence[str],
                  hierarchy: HierarchicalLoss | None = None, group_names: Sequence[str] = ()):
         self.finding_loss, self.class_names = finding_loss, list(findings)

@@ -1,23 +1,31 @@
 """Check every backbone x attention combination: forward, backward, output shape; print a parameter table.
 
-    cd hybridmednet && python test_modern_models.py [--backbones convnext_tiny vim_tiny] [--image-size 224]
+    cd hybridmednet && python test_modern_models.py [--backbones convnext_tiny,vim_tiny] [--image_size 224]
 
 This is the guide's stand-alone checker (the pytest suite lives in tests/). It exits non-zero when
 any combination fails, after reporting all of them.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import traceback
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from hybridmednet.benchmark import build_variant
+from hybridmednet.benchmark import build_variant, names
 from hybridmednet.models.attention import ATTENTION_SETTINGS
 from hybridmednet.models.backbones import BACKBONES
 from hybridmednet.profiling import count_parameters
+from shared import parse_cli
+
+
+@dataclass
+class CheckConfig:
+    backbones: str = "all"  # comma-separated backbone names, or all (models/backbones.py BACKBONES)
+    attention: str = ",".join(ATTENTION_SETTINGS)  # comma-separated attention settings (cbam, cbam+cross, mhsa, mhsa+cross)
+    image_size: int = 224  # input height and width, pixels
 
 
 def check_combination(backbone: str, attention: str, image_size: int) -> str:
@@ -34,15 +42,13 @@ def check_combination(backbone: str, attention: str, image_size: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
-    parser.add_argument("--attention", nargs="+", default=list(ATTENTION_SETTINGS), choices=list(ATTENTION_SETTINGS))
-    parser.add_argument("--image-size", type=int, default=224)
-    args = parser.parse_args(argv)
+    args = parse_cli(CheckConfig, argv, description=__doc__.split("\n\n")[0])
+    backbones = list(BACKBONES) if args.backbones == "all" else names(args.backbones, BACKBONES, "backbones")
+    attentions = names(args.attention, ATTENTION_SETTINGS, "attention")
     failures = 0
     print(f"{'backbone':<18} {'attention':<11} {'params':>8}  status")
-    for backbone in args.backbones:
-        for attention in args.attention:
+    for backbone in backbones:
+        for attention in attentions:
             try:
                 params, status = check_combination(backbone, attention, args.image_size), "ok (forward + backward)"
             except Exception as err:  # report every combination, then fail at the end
@@ -50,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 traceback.print_exc()
                 failures += 1
             print(f"{backbone:<18} {attention:<11} {params:>8}  {status}", flush=True)
-    print(f"\n{failures} of {len(args.backbones) * len(args.attention)} combinations failed")
+    print(f"\n{failures} of {len(backbones) * len(attentions)} combinations failed")
     return 1 if failures else 0
 
 

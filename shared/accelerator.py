@@ -34,12 +34,15 @@ def _cuda_bf16() -> bool:
         return torch.cuda.is_bf16_supported()
 
 
-def resolve_mixed_precision(value: str, cpu: bool = False) -> str:
+def resolve_mixed_precision(value: str | bool, cpu: bool = False) -> str:
     """``train.mixed_precision`` -> the precision Accelerate runs with (``cpu``: ``TrainConfig.cpu``).
 
     ``auto``: bf16 on a CUDA GPU with bf16, fp16 (with loss scaling) on one without, bf16 autocast on the
     CPU. ``fp16`` on the CPU warns and runs bf16 autocast (fp16 needs a CUDA GPU). ``bf16``/``no`` as given.
+    ``true``/``false`` (the guides' ``mixed_precision: True``, and YAML's unquoted ``no``) mean auto/no.
     """
+    if isinstance(value, bool):
+        value = "auto" if value else "no"
     if value not in MIXED_PRECISION_CHOICES:
         raise ConfigError(f"train.mixed_precision: {value!r} is not one of {', '.join(MIXED_PRECISION_CHOICES)}")
     on_cpu = _use_cpu(cpu)

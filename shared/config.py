@@ -197,6 +197,17 @@ def _switch_value(alias: str, canonical: str, value: Any) -> Any:
 _UNSET = object()
 
 
+def _drop_empty(values: dict, parents: Sequence[str]) -> None:
+    """Remove the emptied section ``parents`` (and any parent it leaves empty) from ``values``."""
+    for depth in range(len(parents), 0, -1):
+        *above, name = parents[:depth]
+        node = values
+        for part in above:
+            node = node[part]
+        if node.get(name) == {}:
+            del node[name]
+
+
 def apply_aliases(values: dict, aliases: Mapping[str, str]) -> dict:
     """Rename the dotted keys of ``aliases`` (alias -> canonical key) in a nested mapping of settings.
 
@@ -213,6 +224,8 @@ def apply_aliases(values: dict, aliases: Mapping[str, str]) -> dict:
         if not isinstance(node, dict) or leaf not in node:
             continue
         value = node.pop(leaf)
+        if parents and not node:  # ``TRAIN.epochs -> train.epochs`` leaves no empty ``TRAIN: {}`` behind
+            _drop_empty(values, parents)
         if "=" in canonical:
             value = _switch_value(alias, canonical, value)
             canonical = canonical.split("=", 1)[0]

@@ -1,6 +1,9 @@
-"""NIH ChestX-ray14 data: label CSVs, image discovery, patient-level splits, the Dataset, a demo generator.
+"""NIH ChestX-ray14 data: label CSVs, image discovery, patient-level splits, the Dataset, the assembled splits.
 
-Used by ``convnext_cxr`` and ``hybridmednet``. Two CSV layouts are accepted:
+Used by ``convnext_cxr`` and ``hybridmednet`` (the synthetic demo set is in :mod:`shared.cxr14_demo`): both
+find their data with :func:`locate_data`, split it with :func:`split_dataset` and get a :class:`CXRSplits`
+from :meth:`CXRSplits.from_records`; their exports describe inputs with :func:`cxr_preprocessing`.
+Two CSV layouts are accepted:
 
 * NIH's own ``Data_Entry_2017.csv``: ``Image Index``, pipe-separated ``Finding Labels``
   (``No Finding`` = all zeros) and ``Patient ID``;
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,7 +24,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .cache import ImageCache
-from .data import DataError, IMAGE_EXTENSIONS, describe_bad_images, find_unreadable_images, group_split, load_image
+from .data import (DataError, IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, describe_bad_images, find_unreadable_images,
+                   group_split, load_image)
+from .export import Preprocessing
 
 FINDINGS = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
@@ -170,6 +175,11 @@ class ChestXray14Dataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    @property
+    def sample_ids(self) -> list[str]:
+        """The image files in index order: the sample column of ``results/<split>_predictions.csv``."""
+        return [str(path) for path in self.records.paths]
+
     def load(self, index: int) -> Image.Image:
         """The grayscale image; the transform replicates it to 3 channels after augmenting one."""
         return self.cache[index] if self.cache is not None else load_image(self.records.paths[index], mode="L")
@@ -181,74 +191,66 @@ class ChestXray14Dataset(Dataset):
         return image, torch.from_numpy(self.records.labels[index])
 
 
-# ----------------------------------------------------------------------------------------- demo data
-def _finding_mask(finding: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A distinct shape for each finding inside its own cell of a 4x4 grid over the chest."""
-    cell = size // 4
-    row, col = divmod(finding + 1, 4)  # cells 1..14 (skip the top-left corner and the last cell)
-    y0, x0 = row * cell, col * cell
-    yy, xx = np.mgrid[0:cell, 0:cell] / cell - 0.5
-    jitter = rng.uniform(-0.08, 0.08, size=2)
-    yy, xx = yy - jitter[0], xx - jitter[1]
-    shape = finding % 7
-    if shape == 0:
-        local = (yy ** 2 + xx ** 2) < 0.09  # disc
-    elif shape == 1:
-        local = (np.abs(yy) < 0.3) & (np.abs(xx) < 0.3) & ~((np.abs(yy) < 0.15) & (np.abs(xx) < 0.15))  # frame
-    elif shape == 2:
-        local = (np.abs(yy) < 0.08) | (np.abs(xx) < 0.08)  # cross
-    elif shape == 3:
-        local = (np.sin(yy * 30) > 0.3) & (np.abs(xx) < 0.35)  # stripes
-    elif shape == 4:
-        local = np.abs(yy - xx) < 0.08  # diagonal bar
-    elif shape == 5:
-        local = ((yy ** 2 + xx ** 2) < 0.12) & ((yy ** 2 + xx ** 2) > 0.05)  # ring
-    else:
-        local = (np.abs(yy) + np.abs(xx)) < 0.3  # diamond
-    mask = np.zeros((size, size), dtype=np.float32)
-    mask[y0:y0 + cell, x0:x0 + cell] = local
-    # findings 7-13 reuse the seven shapes, dimmer, each still in its own cell
-    return mask * (1.0 if finding < 7 else 0.7)
-
-
-def make_synthetic_cxr(out_dir: str | Path, num_images: int = 600, size: int = 64, seed: int = 0,
-                       images_per_patient: int = 3, positive_rate: float = 0.25,
-                       findings: Sequence[str] = FINDINGS) -> tuple[Path, Path]:
-    """Write a learnable chest-X-ray-like demo set: ``images/*.png`` + NIH-style ``Data_Entry_2017.csv``.
-
-    Each image is a noisy thorax (two bright lung fields); each present finding adds its own shape in
-    its own region, so a small model can learn all findings in a few CPU minutes.
-    """
-    out_dir = Path(out_dir)
-    image_dir = out_dir / "images"
-    image_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    thorax = 0.25 + 0.25 * (((yy - 0.55) / 0.4) ** 2 + ((xx - 0.3) / 0.18) ** 2 < 1) \
-        + 0.25 * (((yy - 0.55) / 0.4) ** 2 + ((xx - 0.7) / 0.18) ** 2 < 1)
-    rows = []
-    for i in range(num_images):
-        patient, follow_up = divmod(i, images_per_patient)
-        present = rng.random(len(findings)) < positive_rate
-        image = thorax * rng.uniform(0.8, 1.2) + rng.normal(0, 0.12, (size, size))
-        for f in np.flatnonzero(present):
-            image = image + rng.uniform(0.15, 0.35) * _finding_mask(int(f), size, rng)
-        name = f"{patient + 1:08d}_{follow_up:03d}.png"
-        Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).save(image_dir / name)
-        labels = "|".join(findings[f] for f in np.flatnonzero(present)) or NO_FINDING
-        rows.append({"Image Index": name, "Finding Labels": labels, "Follow-up #": follow_up,
-                     "Patient ID": patient + 1})
-    csv_path = out_dir / "Data_Entry_2017.csv"
-    pd.DataFrame(rows).to_csv(csv_path, index=False)
+# ------------------------------------------------------------------------------------- assembled splits
+def locate_data(image_dir: str | Path, labels_csv: str | Path, *, demo_dir: str | Path | None = None,
+                demo_num_images: int = 600, image_size: int = 64, seed: int = 0,
+                findings: Sequence[str] = FINDINGS,
+                keys: tuple[str, str, str] = ("data.image_dir", "data.labels_csv", "data.demo")) -> tuple[Path, Path]:
+    """(image folder, label CSV). With ``demo_dir``, the synthetic demo set there (written on first use);
+    else the given paths, checked, with an error naming the project's config ``keys`` (folder, CSV, demo)."""
+    if demo_dir is not None:
+        from .cxr14_demo import demo_cxr_paths  # the demo module builds on this one
+        return demo_cxr_paths(demo_dir, demo_num_images, image_size, seed, findings)
+    image_dir, csv_path = Path(image_dir), Path(labels_csv)
+    if not image_dir.is_dir() or not csv_path.is_file():
+        dir_key, csv_key, demo_key = keys
+        raise DataError(f"ChestX-ray14 data not found: {dir_key}={image_dir} (folder), {csv_key}={csv_path} (CSV). "
+                        f"Point them at your copy (--set {dir_key}=... --set {csv_key}=...), or train on the "
+                        f"synthetic demo set with --set {demo_key}=true")
     return image_dir, csv_path
 
 
-def demo_cxr_paths(out_dir: str | Path, num_images: int, image_size: int, seed: int,
-                   findings: Sequence[str] = FINDINGS) -> tuple[Path, Path]:
-    """(image folder, label CSV) of the synthetic demo set in ``out_dir``, written on first use with images
-    of ``max(64, image_size)`` px. The CSV is written last, so its presence means a finished set."""
-    out_dir = Path(out_dir)
-    csv_path = out_dir / "Data_Entry_2017.csv"
-    if csv_path.is_file():
-        return out_dir / "images", csv_path
-    return make_synthetic_cxr(out_dir, num_images=num_images, size=max(64, image_size), seed=seed, findings=findings)
+def split_dataset(image_dir: str | Path, csv_path: str | Path, *, findings: Sequence[str] = FINDINGS,
+                  fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 42, train_val_list: str = "",
+                  test_list: str = "", on_bad_image: str = "error") -> tuple[CXRRecords, CXRRecords, CXRRecords]:
+    """The labelled images on disk, split by patient (NIH's official lists when both are given)."""
+    records = load_records(csv_path, image_dir, findings, on_bad_image)
+    return split_records(records, fractions, seed, train_val_list or None, test_list or None)
+
+
+class CXRSplits(NamedTuple):
+    """Patient-disjoint train/val/test datasets; iterates as the three datasets."""
+    train: ChestXray14Dataset
+    val: ChestXray14Dataset
+    test: ChestXray14Dataset
+
+    @classmethod
+    def from_records(cls, records: Sequence[CXRRecords], train_transform, eval_transform,
+                     caches: Sequence[ImageCache | None] = (None, None, None)) -> "CXRSplits":
+        """Datasets of (train, val, test) records: the training split augments, the others only resize."""
+        transforms = (train_transform, eval_transform, eval_transform)
+        return cls(*(ChestXray14Dataset(r, tf, c) for r, tf, c in zip(records, transforms, caches)))
+
+    @property
+    def findings(self) -> list[str]:
+        return list(self.train.records.findings)
+
+    def evaluation_sets(self) -> dict[str, ChestXray14Dataset]:
+        """``{"val": ..., "test": ...}`` for :func:`shared.evaluate_best`; an empty split is left out."""
+        return {name: dataset for name, dataset in (("val", self.val), ("test", self.test)) if len(dataset)}
+
+
+def cxr_preprocessing(image_size: int) -> Preprocessing:
+    """What an exported chest X-ray model takes: the grayscale image resized to ``image_size`` squared,
+    copied to 3 channels, normalised with ImageNet statistics (``build_image_transform(size, train=False)``)."""
+    return Preprocessing(size=(image_size, image_size), channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                         spatial_dims=2, extra={"grayscale": "replicated to 3 channels"})
+
+
+def format_finding_table(metrics: Mapping[str, float], findings: Sequence[str]) -> str:
+    """Per-finding AUROC, AP, sensitivity and specificity (at the thresholds used) and the macro means."""
+    columns = ("auroc", "ap", "sensitivity", "specificity")
+    lines = [f"{'finding':<20}" + "".join(f"{name:>13}" for name in columns)]
+    lines += [f"{name:<20}" + "".join(f"{metrics[f'{c}/{name}']:13.4f}" for c in columns) for name in findings]
+    lines.append(f"{'macro':<20}" + "".join(f"{metrics[f'macro_{c}']:13.4f}" for c in columns))
+    return "\n".join(lines)

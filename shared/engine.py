@@ -334,12 +334,14 @@ class Engine:
         return f"epoch {metrics['epoch']}: " + " ".join(parts)
 
     def load_best(self, use_ema: bool = True) -> nn.Module:
-        """Load ``checkpoint_best_ema`` (or ``checkpoint_best``) into a model and return it."""
+        """Load ``checkpoint_best_ema`` (or ``checkpoint_best``) into a model and return it; with
+        ``save_best: false`` there is no best checkpoint and the final weights are returned as they are."""
         kind = "best_ema" if use_ema and self.ema is not None else "best"
         self.accelerator.wait_for_everyone()
-        state = load_checkpoint(self.checkpoint_path(kind))
         target = self.ema.module if kind == "best_ema" else self.accelerator.unwrap_model(self.model)
-        load_model_weights(target, state["model"], source=str(self.checkpoint_path(kind)))
+        if self.cfg.save_best:
+            path = self.checkpoint_path(kind)
+            load_model_weights(target, load_checkpoint(path)["model"], source=str(path))
         return target
 
     def close(self) -> None:

@@ -2,7 +2,8 @@
 
 For each split name (``val``, ``test``, ...) :func:`evaluate_best` writes into ``<run>/results/``:
 
-* ``<split>_metrics.json``: every metric (NaN -> null) and the thresholds used;
+* ``<split>_metrics.json``: every metric (NaN -> null), the task's own figures (e.g. its loss) and the
+  thresholds used;
 * ``<split>_per_class.csv``: one row per class (AUROC, AP, F1, sensitivity, specificity, ...);
 * ``<split>_predictions.csv``: one row per sample: its id, true label(s), prediction, every probability;
 * ``<split>_roc.png``, ``<split>_pr.png``, ``<split>_confusion.png``;
@@ -62,7 +63,7 @@ def write_split_results(results_dir: str | Path, split: str, *, task_type: str, 
     targets, probs = np.asarray(targets), np.asarray(probs, dtype=np.float64)
     class_names = list(class_names)
     metrics = split_metrics(task_type, targets, probs, class_names, thresholds, positive_class)
-    payload = {**metrics, **(extra or {})}
+    payload = {**(extra or {}), **metrics}  # on a clash the figures computed here win
     if thresholds is not None:
         payload["thresholds"] = dict(zip(class_names, map(float, thresholds)))
     write_json(results_dir / f"{split}_metrics.json", payload)
@@ -110,7 +111,8 @@ def evaluate_best(engine, splits: Mapping[str, Dataset], *, tune_on: str | None 
     class_names = list(engine.task.class_names)
     use_ema = engine.cfg.ema if use_ema is None else use_ema
     engine.load_best(use_ema=use_ema)
-    outputs = {name: engine.evaluate(dataset, use_ema=use_ema)[1] for name, dataset in splits.items()}
+    evaluated = {name: engine.evaluate(dataset, use_ema=use_ema) for name, dataset in splits.items()}
+    outputs = {name: out for name, (_, out) in evaluated.items()}
     probs = {name: class_probabilities(task_type, out["logits"]) for name, out in outputs.items()}
     thresholds = None
     if task_type == "multi-label" and tune_on in outputs:
@@ -118,14 +120,16 @@ def evaluate_best(engine, splits: Mapping[str, Dataset], *, tune_on: str | None 
     results_dir = engine.output_dir / "results"
     by_split = {}
     for name, dataset in splits.items():
+        task_metrics = evaluated[name][0]  # the task's own figures (loss, hierarchical heads, ...)
         if engine.accelerator.is_main_process:
             metrics = write_split_results(results_dir, name, task_type=task_type, class_names=class_names,
                                           targets=outputs[name]["targets"], probs=probs[name],
                                           sample_ids=dataset_sample_ids(dataset), thresholds=thresholds,
-                                          positive_class=positive_class)
+                                          positive_class=positive_class, extra=task_metrics)
         else:
             metrics = split_metrics(task_type, outputs[name]["targets"], probs[name], class_names, thresholds,
                                     positive_class)
+        metrics = {**task_metrics, **metrics}
         engine.log({f"{name}/{k}": v for k, v in metrics.items()})
         by_split[name] = metrics
     if engine.accelerator.is_main_process and engine.history:

@@ -78,3 +78,15 @@ def test_help_lists_every_key_with_default_and_meaning(capsys):
         assert f"--{key} " in text
     assert "--data.folds" in text and "INT = 5  number of folds when use_cv is on" in text
     assert "--learning-rate -> train.lr" in text
+
+
+def test_mixed_precision_accepts_yaml_booleans_and_section_aliases_leave_nothing_behind(tmp_path):
+    from shared.accelerator import resolve_mixed_precision
+    path = tmp_path / "guide.yaml"
+    path.write_text("TRAIN:\n  epochs: 3\n  mixed_precision: no\n")  # YAML reads an unquoted no as false
+    aliases = {"TRAIN.epochs": "train.epochs", "TRAIN.mixed_precision": "train.mixed_precision"}
+    cfg = parse_cli(RunConfig, ["--config", str(path), "--TRAIN.mixed_precision", "true"], aliases=aliases)
+    assert cfg.train.epochs == 3 and cfg.train.mixed_precision is True
+    assert resolve_mixed_precision(True, cpu=True) == "bf16" and resolve_mixed_precision(False) == "no"
+    assert parse_cli(RunConfig, ["--config", str(path)], aliases=aliases).train.mixed_precision is False
+    assert parse_cli(RunConfig, ["--train.mixed_precision", "fp16"]).train.mixed_precision == "fp16"

@@ -78,5 +78,6 @@ def test_evaluate_best_writes_every_split(tmp_path):
         assert len(read_csv(results / f"{split}_predictions.csv")) == 48
     saved = json.loads((results / "test_metrics.json").read_text())
     assert saved["accuracy"] == result["splits"]["test"]["accuracy"] > 0.7
+    assert saved["loss"] == result["splits"]["test"]["loss"] > 0  # the task's own figures are kept
     assert result["thresholds"] is None
     assert (results / "training_curves.png").is_file()

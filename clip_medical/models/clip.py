@@ -78,9 +78,26 @@ def load_text_encoder(name_or_path: str, pretrained: bool = True) -> tuple[PreTr
             "If the Hugging Face hub is unreachable, download the model once and pass its local directory "
             "(config.json, weights and vocab) to --text-encoder."
         ) from err
+    return _without_pooler(model), tokenizer
+
+
+def _without_pooler(model: PreTrainedModel) -> PreTrainedModel:
     if getattr(model, "pooler", None) is not None:
         model.pooler = None
-    return model, tokenizer
+    return model
+
+
+def text_encoder_config(model: PreTrainedModel) -> dict:
+    """The text encoder's architecture as plain JSON values (``model_type`` + non-default settings)."""
+    config = model.config.to_diff_dict()
+    config.pop("transformers_version", None)
+    return config
+
+
+def text_encoder_from_config(config: dict) -> PreTrainedModel:
+    """A randomly initialised text encoder from :func:`text_encoder_config` (no download)."""
+    config = dict(config)
+    return _without_pooler(AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config)))
 
 
 def tokenize(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> dict[str, torch.Tensor]:

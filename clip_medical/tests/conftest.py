@@ -1,11 +1,11 @@
 """Shared fixtures: a tiny BERT whose tokenizer comes from a vocab file written here (Chinese
 characters included), and a small class-folder dataset of 32 px images."""
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from shared import write_json
 from clip_medical.demo import write_demo_images, write_tiny_text_encoder
 
 CLASS_TEXTS = {
@@ -38,9 +38,7 @@ def class_texts() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def class_texts_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("texts") / "class_texts.json"
-    path.write_text(json.dumps(CLASS_TEXTS, ensure_ascii=False), encoding="utf-8")
-    return path
+    return write_json(tmp_path_factory.mktemp("texts") / "class_texts.json", CLASS_TEXTS)
 
 
 @pytest.fixture

@@ -1,10 +1,9 @@
-import json
-
 import numpy as np
 import pytest
 from PIL import Image
 
-from shared import DataError, build_image_transform
+from shared import DataError, build_image_transform, read_json
+from shared import write_json as write_json_file
 from clip_medical.data import (ClassFolderData, class_balanced_weights, cross_validation_folds, format_template,
                                resolve_class_texts, train_val_split)
 from clip_medical.generate_class_texts import generate_class_texts
@@ -14,8 +13,7 @@ NAMES = ["正常", "肺炎"]
 
 
 def write_json(path, data):
-    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-    return str(path)
+    return str(write_json_file(path, data))
 
 
 def test_class_texts_come_from_file_then_template_then_name(tmp_path, class_texts):
@@ -116,7 +114,7 @@ def test_generate_class_texts_template_interactive_and_no_overwrite(tmp_path, da
     output = tmp_path / "texts.json"
     texts = generate_main(["--data-dir", str(data_dir), "--output", str(output), "--template", "一张{class_name}图像"])
     assert texts == {"正常": "一张正常图像", "肺炎": "一张肺炎图像"}
-    assert json.loads(output.read_text(encoding="utf-8")) == texts
+    assert read_json(output) == texts
     with pytest.raises(FileExistsError, match="--force"):
         generate_main(["--data-dir", str(data_dir), "--output", str(output)])
     answers = iter(["肺部正常", ""])  # an empty answer keeps the template text

@@ -5,7 +5,10 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from transformers import AutoTokenizer
 
+from shared import load_export
+from clip_medical.export import ZeroShotClassifier, export_zero_shot
 from clip_medical.models import (IMAGE_ENCODERS, CLIPModel, StarNetDualPyramidRCF, build_image_encoder,
                                  create_timm_backbone, load_text_encoder, tokenize)
 from clip_medical.models.starnet_dual_pyramid_rcf import PooledKVAttention
@@ -190,3 +193,33 @@ def test_evaluation_encodes_the_class_texts_once_and_matches_the_joint_forward(t
         task.training_step(model, (batches[0], torch.tensor([0, 1, 0])))  # the weights may change now
         task.eval_logits(model, batches[0])
     assert len(calls) == 1 + 3 + 1 + 1  # the evaluation, 3 joint forwards, the training step, a fresh encoding
+
+
+@pytest.mark.parametrize("image_encoder", ["resnet18", "starnet_dual_pyramid_rcf"])
+def test_export_after_a_training_step_rebuilds_with_the_same_class_probabilities(image_encoder, text_encoder_dir,
+                                                                                 tmp_path):
+    text_model, tokenizer = load_text_encoder(str(text_encoder_dir))  # a fresh copy: this test trains it
+    model = CLIPModel(build_image_encoder(image_encoder, pretrained=False, img_size=32), text_model, EMBED_DIM)
+    names, texts = ["正常", "肺炎"], ["这是一张显示正常解剖结构的胸部X光图像", "这是一张显示肺炎病变的胸部X光图像"]
+    tokens = tokenize(tokenizer, texts)
+    task = ZeroShotCLIPTask(tokens, names)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    task.training_step(model, (torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])))["loss"].backward()
+    optimizer.step()
+
+    export_dir = export_zero_shot(model, tokenizer, tokens, tmp_path / "export", image_encoder=image_encoder,
+                                  img_size=32, class_names=names, class_texts=texts)
+    rebuilt, info = load_export(export_dir)
+    assert isinstance(rebuilt, ZeroShotClassifier) and info["task"] == "zero-shot" and info["class_names"] == names
+    assert info["preprocessing"]["size"] == [32, 32] and info["preprocessing"]["channels"] == 3
+    assert not any(p.is_file() and p.suffix == ".bin" for p in export_dir.rglob("*"))  # weights: safetensors only
+    images = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        model.eval()
+        task.on_eval_start(model)
+        expected = task.eval_logits(model, images).softmax(dim=1)
+        torch.testing.assert_close(rebuilt(images).softmax(dim=1), expected, rtol=1e-5, atol=1e-6)
+        # new class texts through the exported tokenizer, as predict.py --class-text does
+        exported_tokenizer = AutoTokenizer.from_pretrained(export_dir / info["extra"]["tokenizer_dir"])
+        rebuilt.set_class_texts(tokenize(exported_tokenizer, texts[::-1]))
+        torch.testing.assert_close(rebuilt(images).softmax(dim=1), expected.flip(1), rtol=1e-5, atol=1e-6)

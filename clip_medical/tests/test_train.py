@@ -1,4 +1,3 @@
-import json
 import os
 import subprocess
 import sys
@@ -7,10 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared import CheckpointError, ConfigError, config_from_dict, load_checkpoint
+from shared import CheckpointError, ConfigError, load_checkpoint, load_export, read_json, write_json
+from shared.cli import config_keys
 from shared.testing import free_port
 from clip_medical import train_clip
-from clip_medical.config import ClipTrainConfig
+from clip_medical.config import ALIASES, ClipTrainConfig, entry_config, read_config_file
 from clip_medical.predict import main as predict_main
 from clip_medical.task import ZeroShotCLIPTask
 
@@ -20,8 +20,9 @@ GUIDE_KEYS = {"image_encoder_name", "text_encoder_name", "embed_dim", "batch_siz
               "early_stopping_monitor", "text_template", "class_texts_file"}
 
 
-def read_json(path):
-    return json.loads(path.read_text(encoding="utf-8"))
+def column(history, key):
+    """One metric over the epochs of the engine's history.json (a list of per-epoch dicts)."""
+    return [epoch[key] for epoch in history]
 
 
 @pytest.fixture(scope="module")
@@ -29,22 +30,31 @@ def single_run(tmp_path_factory, data_dir, text_encoder_dir, class_texts_file):
     out = tmp_path_factory.mktemp("single")
     argv = ["--data-dir", str(data_dir), "--output-dir", str(out), "--text-encoder", str(text_encoder_dir),
             "--class-texts-file", str(class_texts_file), "--embed-dim", "16", "--batch-size", "6", "--epochs", "2",
-            "--img-size", "32", "--num-workers", "0", "--no-pretrained", "--learning-rate", "1e-3"]
+            "--img-size", "32", "--num-workers", "0", "--no-pretrained", "--learning-rate", "1e-3",
+            "--test-dir", str(data_dir)]
     return out, train_clip.main(argv)
 
 
 def test_single_run_writes_the_guides_outputs(single_run, class_texts):
     out, summary = single_run
     for name in ("config.json", "checkpoint_latest.pth", "checkpoint_best.pth", "history.json", "class_texts.json",
-                 "training_history.png", "best_model_metrics.json", "confusion_matrix.png", "roc_curves.png"):
+                 "best_model_metrics.json", "results/training_curves.png", "results/val_metrics.json",
+                 "results/val_per_class.csv", "results/val_predictions.csv", "results/val_confusion.png",
+                 "results/val_roc.png", "results/test_metrics.json", "export/model.json", "export/model.safetensors"):
         assert (out / name).is_file(), name
-    assert GUIDE_KEYS <= set(read_json(out / "config.json"))
+    saved_keys = {key for key, *_ in config_keys(train_clip.parse_args(["--config", str(out / "config.json")]))}
+    for key in GUIDE_KEYS:  # every guide key has its one place in config.json
+        target = ALIASES.get(key, key)
+        assert (target[True] if isinstance(target, dict) else target).split("=")[0] in saved_keys, key
     history = read_json(out / "history.json")
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
-        assert len(history[key]) == 2 and all(np.isfinite(history[key]))
-    assert all(0 <= acc <= 100 for acc in history["val_acc"] + history["train_acc"])
-    assert history["epoch"] == [1, 2] and summary["epochs_trained"] == 2
-    assert summary["best_val_acc"] == max(history["val_acc"])
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
+        assert len(column(history, key)) == 2 and all(np.isfinite(column(history, key)))
+    assert all(0 <= acc <= 100 for acc in column(history, "val/acc") + column(history, "train/acc"))
+    assert column(history, "epoch") == [1, 2] and summary["epochs_trained"] == 2
+    assert summary["best_val_acc"] == max(column(history, "val/acc"))
+    predictions = (out / "results" / "val_predictions.csv").read_text(encoding="utf-8").splitlines()
+    assert predictions[0] == "sample,true,predicted,prob_正常,prob_肺炎"
+    assert len(predictions) == 1 + 4 and predictions[1].split(",")[0].endswith(".png")
 
     checkpoint = load_checkpoint(out / "checkpoint_latest.pth")
     assert checkpoint["class_names"] == ["正常", "肺炎"] and checkpoint["class_to_idx"] == {"正常": 0, "肺炎": 1}
@@ -54,17 +64,22 @@ def test_single_run_writes_the_guides_outputs(single_run, class_texts):
     assert set(report["per_class"]["肺炎"]) == {"precision", "recall", "f1", "auc", "specificity"}
     assert np.array(report["confusion_matrix"]).sum() == 4  # 20% of 18 images
     assert report["model"].startswith("best checkpoint")
+    assert report["accuracy"] == read_json(out / "results" / "val_metrics.json")["accuracy"]
+    assert report["acc"] == pytest.approx(100 * report["accuracy"])
+    _, info = load_export(out / "export")
+    assert info["task"] == "zero-shot" and info["class_names"] == ["正常", "肺炎"]
+    assert info["extra"]["class_texts"] == class_texts and info["preprocessing"]["size"] == [32, 32]
 
 
 def test_predict_uses_trained_or_new_class_texts(single_run, data_dir, tmp_path):
     out, _ = single_run
-    table = predict_main(["--checkpoint", str(out / "checkpoint_best.pth"), "--images", str(data_dir),
+    table = predict_main(["--export", str(out / "export"), "--images", str(data_dir),
                           "--output", str(tmp_path / "p.csv")])
     assert len(table) == 18 and set(table["predicted"]) <= {"正常", "肺炎"}
     np.testing.assert_allclose(table[["prob_正常", "prob_肺炎"]].sum(axis=1), 1.0, rtol=1e-5)
     assert (tmp_path / "p.csv").is_file()
-    new = predict_main(["--checkpoint", str(out / "checkpoint_best.pth"), "--images", str(data_dir / "肺炎" / "000.png"),
-                        "--class-text", "正常=正常胸部", "--class-text", "异常=显示病变的胸部", "--class-text", "肺炎=肺炎"])
+    new = predict_main(["--export", str(out), "--images", str(data_dir / "肺炎" / "000.png"),
+                        "--class-text.正常", "正常胸部", "--class-text.异常", "显示病变的胸部", "--class-text.肺炎", "肺炎"])
     assert list(new.columns) == ["path", "predicted", "prob_正常", "prob_异常", "prob_肺炎"]
 
 
@@ -74,8 +89,8 @@ def test_resume_continues_epochs_and_history(train_argv, tmp_path):
     first = load_checkpoint(out / "checkpoint_latest.pth")
     summary = train_clip.main(train_argv(out, "--epochs", "3", "--resume-from", str(out / "checkpoint_latest.pth")))
     history = read_json(out / "history.json")
-    assert history["epoch"] == [1, 2, 3] and summary["epochs_trained"] == 3
-    assert history["train_loss"][0] == pytest.approx(first["history"][0]["train/loss"])
+    assert column(history, "epoch") == [1, 2, 3] and summary["epochs_trained"] == 3
+    assert history[0]["train/loss"] == pytest.approx(first["history"][0]["train/loss"])
     resumed = load_checkpoint(out / "checkpoint_latest.pth")
     assert resumed["epoch"] == 3 and resumed["global_step"] == 3 * first["global_step"]
 
@@ -104,6 +119,7 @@ def test_no_save_best_writes_only_the_latest_checkpoint(train_argv, tmp_path):
     train_clip.main(train_argv(tmp_path, "--no-save-best"))
     assert (tmp_path / "checkpoint_latest.pth").is_file() and not (tmp_path / "checkpoint_best.pth").exists()
     assert read_json(tmp_path / "best_model_metrics.json")["model"].startswith("final model")
+    assert (tmp_path / "export" / "model.safetensors").is_file()
 
 
 def test_cross_validation_writes_folds_and_mean_std(train_argv, tmp_path):
@@ -113,7 +129,7 @@ def test_cross_validation_writes_folds_and_mean_std(train_argv, tmp_path):
         assert (tmp_path / f"fold_{fold}" / "checkpoint_best.pth").is_file()
     saved = read_json(tmp_path / "cv_summary.json")
     assert saved["n_splits"] == 3 and [f["fold"] for f in saved["folds"]] == [1, 2, 3]
-    val_acc = [read_json(tmp_path / f"fold_{k}" / "history.json")["val_acc"][-1] for k in (1, 2, 3)]
+    val_acc = [read_json(tmp_path / f"fold_{k}" / "history.json")[-1]["val/acc"] for k in (1, 2, 3)]
     assert saved["mean"]["val_acc"] == pytest.approx(np.mean(val_acc))
     assert saved["std"]["val_acc"] == pytest.approx(np.std(val_acc))
     assert saved["mean_std"]["val_acc"] == f"{np.mean(val_acc):.4f} ± {np.std(val_acc):.4f}"
@@ -122,12 +138,11 @@ def test_cross_validation_writes_folds_and_mean_std(train_argv, tmp_path):
 
 
 def test_multi_config_trains_each_entry_into_its_own_folder(train_argv, tmp_path, class_texts_file):
-    config_file = tmp_path / "configs.json"
-    config_file.write_text(json.dumps([
+    config_file = write_json(tmp_path / "configs.json", [
         {"image_encoder_name": "starnet_dual_pyramid_rcf", "text_template": "一张{class_name}的X光图像",
          "class_texts_file": None},
         {"image_encoder_name": "resnet18", "class_texts_file": str(class_texts_file), "augmentation": "minimal"},
-    ], ensure_ascii=False), encoding="utf-8")
+    ])
     out = tmp_path / "multi"
     results = train_clip.main(train_argv(out, "--multi-config", "--config-file", str(config_file)))
     folders = sorted(p.name for p in out.iterdir() if p.is_dir())
@@ -141,8 +156,7 @@ def test_multi_config_trains_each_entry_into_its_own_folder(train_argv, tmp_path
 
 
 def test_multi_config_rejects_unknown_keys_before_training(train_argv, tmp_path):
-    config_file = tmp_path / "configs.json"
-    config_file.write_text(json.dumps([{"image_encoder_name": "resnet18"}, {"learnig_rate": 1e-3}]))
+    config_file = write_json(tmp_path / "configs.json", [{"image_encoder_name": "resnet18"}, {"learnig_rate": 1e-3}])
     with pytest.raises(ConfigError, match="entry 2: unknown config key.*learnig_rate"):
         train_clip.main(train_argv(tmp_path / "m", "--multi-config", "--config-file", str(config_file)))
     assert not (tmp_path / "m").exists()
@@ -170,14 +184,14 @@ def test_early_stopping_after_patience_epochs_without_min_delta_improvement(
     summary = train_clip.main(train_argv(tmp_path, "--epochs", str(len(values)), "--early-stopping-patience", "2",
                                          "--early-stopping-min-delta", "0.1", "--early-stopping-monitor", monitor))
     assert summary["epochs_trained"] == stop_epoch
-    assert read_json(tmp_path / "history.json")[f"val_{key}"] == values[:stop_epoch]
+    assert column(read_json(tmp_path / "history.json"), f"val/{key}") == values[:stop_epoch]
 
 
 def test_bad_options_are_rejected_with_the_option_name(train_argv, tmp_path):
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="image_encoder_name: 'resnet19' is not one of"):
         train_clip.main(train_argv(tmp_path, "--image-encoder", "resnet19"))
-    with pytest.raises(ValueError, match="--early-stopping-patience must be >= 1"):
-        train_clip.main(train_argv(tmp_path, "--early-stopping-patience", "0"))
+    with pytest.raises(ValueError, match="--early-stopping-patience must be >= 0"):
+        train_clip.main(train_argv(tmp_path, "--early-stopping-patience", "-1"))
     with pytest.raises(ValueError, match="with --use-cv start the folds afresh"):
         train_clip.main(train_argv(tmp_path, "--use-cv", "--resume-from", "x.pth"))
     with pytest.raises(ConfigError, match="needs --config-file"):
@@ -199,24 +213,74 @@ def test_gpu_id_narrows_visible_devices_unless_launched(monkeypatch):
 
 
 def test_config_defaults_match_the_guide():
-    args = train_clip.build_parser().parse_args(["--data-dir", "d", "--output-dir", "o"])
-    cfg = train_clip.config_from_args(args)
-    assert cfg == ClipTrainConfig(data_dir="d", output_dir="o")
-    assert (cfg.image_encoder_name, cfg.text_encoder_name, cfg.embed_dim, cfg.temperature, cfg.batch_size,
-            cfg.epochs, cfg.learning_rate, cfg.weight_decay, cfg.img_size, cfg.augmentation, cfg.num_workers,
-            cfg.gpu_id, cfg.use_amp, cfg.save_best, cfg.n_splits, cfg.random_state, cfg.early_stopping_patience,
-            cfg.early_stopping_min_delta, cfg.early_stopping_monitor) == (
+    cfg = train_clip.parse_args(["--data-dir", "d", "--output-dir", "o"])
+    train, stop = cfg.train, cfg.train.early_stopping
+    assert (cfg.image_encoder_name, cfg.text_encoder_name, cfg.embed_dim, cfg.temperature, train.batch_size,
+            train.epochs, train.lr, train.weight_decay, cfg.img_size, cfg.augmentation, train.num_workers,
+            cfg.gpu_id, train.mixed_precision, train.save_best, cfg.n_splits, train.seed, stop.patience,
+            stop.min_delta, stop.monitor, stop.mode, train.optimizer, train.ema) == (
         "starnet_dual_pyramid_rcf", "bert-base-chinese", 512, 0.07, 32, 100, 1e-4, 0.01, 224, "standard", 4,
-        0, True, True, 5, 42, None, 0.0, "val_acc")
+        0, "auto", True, 5, 42, 0, 0.0, "val/acc", "max", "adamw", False)
+
+
+def test_every_setting_has_a_meaning_for_help(capsys):
+    assert all(meaning for *_, meaning in config_keys(ClipTrainConfig()))
+    with pytest.raises(SystemExit):
+        train_clip.main(["--help"])
+    shown = capsys.readouterr().out
+    assert "--train.lr" in shown and "--learning-rate -> train.lr" in shown and "--no-amp -> train.mixed_precision=no" in shown
 
 
 def test_example_config_file_entries_are_valid():
-    entries = train_clip.read_config_file(str(Path(train_clip.__file__).parent / "train_clip_config.json"))
-    configs = [config_from_dict(ClipTrainConfig, {"data_dir": "d", "output_dir": "o", **entry}) for entry in entries]
-    for cfg in configs:
-        cfg.validate()
+    base = train_clip.parse_args(["--data-dir", "d", "--output-dir", "o", "--no-amp", "--early-stopping-patience", "5"])
+    entries = read_config_file(str(Path(train_clip.__file__).parent / "train_clip_config.json"))
+    configs = [entry_config(base, entry, index) for index, entry in enumerate(entries, 1)]
     assert [c.image_encoder_name for c in configs] == ["starnet_dual_pyramid_rcf", "resnet50"]
     assert configs[1].text_template == "这是一张{class_name}的医学图像"
+    assert [c.train.output_dir for c in configs] == ["o/01_starnet_dual_pyramid_rcf_bert-base-chinese",
+                                                     "o/02_resnet50_bert-base-chinese"]
+    # "use_amp": true and "early_stopping_patience": null override the command line's --no-amp and 5
+    assert (configs[0].train.mixed_precision, configs[0].train.early_stopping.patience) == ("auto", 0)
+    assert (configs[1].train.mixed_precision, configs[1].train.early_stopping.patience) == ("no", 30)
+    assert configs[0].train.early_stopping.min_delta == 0.1 and configs[0].train.lr == 1e-4
+    assert entry_config(base, {"use_amp": False, "learning_rate": 3e-4}, 3).train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="entry 4: .*train.lr"):
+        entry_config(base, {"learning_rate": 3e-4, "train": {"lr": 1e-3}}, 4)
+
+
+def test_the_guides_command_line_reaches_the_config_and_the_optimizer(monkeypatch, tmp_path, data_dir,
+                                                                       text_encoder_dir, class_texts_file):
+    engines = []
+
+    class RecordingEngine(train_clip.Engine):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            engines.append(self)
+    monkeypatch.setattr(train_clip, "Engine", RecordingEngine)
+    out = tmp_path / "cv"
+    # the guide's flags, spelled as in its examples (plus the tiny sizes and the offline text encoder)
+    summary = train_clip.main([
+        "--data-dir", str(data_dir), "--output-dir", str(out), "--image-encoder", "resnet18",
+        "--text-encoder", str(text_encoder_dir), "--class-texts-file", str(class_texts_file), "--embed-dim", "16",
+        "--temperature", "0.05", "--batch-size", "6", "--epochs", "1", "--learning-rate", "1e-4",
+        "--weight-decay", "0.02", "--img-size", "32", "--augmentation", "minimal", "--num-workers", "0",
+        "--gpu-id", "0", "--no-amp", "--no-save-best", "--use-cv", "--n-splits", "2", "--random-state", "7",
+        "--early-stopping-patience", "30", "--early-stopping-min-delta", "0.1", "--early-stopping-monitor",
+        "val_loss", "--no-pretrained"])
+    assert len(engines) == 2 and summary["n_splits"] == 2 and (out / "cv_summary.json").is_file()
+    for engine in engines:
+        groups = engine.optimizer.param_groups
+        assert {group["initial_lr"] for group in groups} == {1e-4}  # --learning-rate, one hop: train.lr
+        assert max(group["weight_decay"] for group in groups) == 0.02
+        assert engine.accelerator.mixed_precision == "no"
+        stop = engine.cfg.early_stopping
+        assert (stop.monitor, stop.mode, stop.patience, stop.min_delta) == ("val/loss", "min", 30, 0.1)
+        assert (engine.cfg.seed, engine.cfg.save_best, engine.cfg.batch_size, engine.cfg.epochs) == (7, False, 6, 1)
+    saved = read_json(out / "config.json")
+    assert (saved["image_encoder_name"], saved["embed_dim"], saved["temperature"], saved["img_size"],
+            saved["augmentation"], saved["use_cv"], saved["n_splits"], saved["pretrained"]) == (
+        "resnet18", 16, 0.05, 32, "minimal", True, 2, False)
+    assert (saved["train"]["lr"], saved["train"]["mixed_precision"], saved["train"]["num_workers"]) == (1e-4, "no", 0)
 
 
 def test_two_process_ddp_run_keeps_the_global_batch_and_gathers_each_val_image_once(train_argv, tmp_path):

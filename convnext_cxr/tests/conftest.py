@@ -1,7 +1,7 @@
 """Fixtures for convnext_cxr tests: a tiny synthetic ChestX-ray14 set and a tiny model config."""
 import pytest
 
-from shared.cxr14 import make_synthetic_cxr
+from shared.cxr14_demo import make_synthetic_cxr
 
 TINY_MODEL = ["--model.backbone", "convnext_atto", "--model.pretrained", "false", "--model.embed_dim", "32",
               "--model.num_heads", "2", "--model.head_hidden_dim", "16", "--model.drop_path_rate", "0"]

@@ -8,7 +8,7 @@ from convnext_cxr import prepare_cache
 from convnext_cxr.dataset import DataConfig, build_datasets
 from shared.cache import ImageCache
 from shared.data import ImageNormalize
-from shared.cxr14 import make_synthetic_cxr
+from shared.cxr14_demo import make_synthetic_cxr
 
 
 def data_cfg(tiny_cxr, cache_dir, size=32):

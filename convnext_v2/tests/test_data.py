@@ -10,7 +10,7 @@ from torchvision.transforms import v2
 
 from convnext_v2.data import AugmentConfig, build_train_transform, split_class_folder
 from convnext_v2.train import RunConfig, build_datasets, parse_config
-from shared import DataError
+from shared import ConfigError, DataError
 
 
 @pytest.fixture
@@ -81,10 +81,9 @@ def test_build_datasets_with_separate_val_dir(tmp_path):
         build_datasets(RunConfig(data_dir=str(tmp_path / "train"), split=[1.0]))
 
 
-def test_command_line_errors(tmp_path, capsys):
-    with pytest.raises(SystemExit):
+def test_command_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="--data-dir is required"):
         parse_config(["--model", "convnextv2_atto"])
-    assert "--data-dir is required" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown config key"):
         parse_config(["--data-dir", "x", "--train.learning_rate", "1"])
     with pytest.raises(DataError, match="data directory not found"):

@@ -1,7 +1,9 @@
-"""HybridMedNet settings: the guide's ``Config`` with dicts MODEL, TRAIN, DATA, LOSS, CHECKPOINT, LOGGING.
+"""HybridMedNet settings: the guide's ``Config`` with dicts MODEL, DATA, LOSS, and the shared engine's ``train``.
 
-Each dict is a typed dataclass from the shared config system, so ``config.MODEL['backbone'] = 'swin_tiny'``
-works as in the guide, while an unknown key (a typo) raises instead of being silently ignored, and
+MODEL, DATA and LOSS are typed dataclasses from the shared config system, so ``config.MODEL['backbone'] =
+'swin_tiny'`` works as in the guide, while an unknown key (a typo) raises instead of being silently ignored.
+The guide's TRAIN dict is the shared ``TrainConfig`` (``config.train``): its keys keep working in YAML files
+and on the command line through :data:`SOURCE_ALIASES` (``TRAIN.learning_rate`` is ``train.lr``).
 ``Config.load(yaml_path, argv)`` applies a YAML file and ``--set MODEL.backbone=swin_tiny`` overrides.
 """
 from __future__ import annotations
@@ -10,7 +12,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Iterator, Literal, Optional, Sequence, Union
 
-from shared import ConfigError, load_config
+from shared import ConfigError, EarlyStoppingConfig, TrainConfig, load_config
 
 #: Default grouping of the 14 ChestX-ray14 findings into 3 coarse classes (``num_coarse_classes``).
 #: lung_opacity: findings seen as opacities in the lung fields; pleural: findings of the pleural
@@ -53,17 +55,17 @@ class ConfigSection:
 class ModelSection(ConfigSection):
     backbone: str = "convnext_base"  # see models/backbones.py BACKBONES
     pretrained: bool = True  # ImageNet weights from the timm hub (timm backbones only)
-    num_classes: int = 14
+    num_classes: int = 14  # outputs of the finding head (the 14 ChestX-ray14 findings)
     hierarchical: bool = False  # coarse head (finding groups) + fine head (findings)
     num_coarse_classes: int = 3  # must equal len(coarse_groups)
-    coarse_groups: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_COARSE_GROUPS.items()})
+    coarse_groups: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_COARSE_GROUPS.items()})  # group -> findings
     use_modern_attention: bool = True  # per-scale multi-head self-attention; false = CBAM
     use_cross_scale_attention: bool = True  # every scale attends to the other scales (on top of either)
-    num_heads: int = 8
+    num_heads: int = 8  # attention heads (must divide fpn_channels)
     attention_pool_size: int = 7  # keys/values pooled to at most this many cells per side
-    fpn_channels: int = 256
-    fusion_channels: int = 512
-    dropout: float = 0.5
+    fpn_channels: int = 256  # width of every FPN level
+    fusion_channels: int = 512  # width of the fused stride-4 map
+    dropout: float = 0.5  # in the head's shared MLP (half of it inside each finding head)
     head_norm: Literal["batch", "layer"] = "batch"  # layer: batch-independent (exact gradient accumulation)
 
     def __post_init__(self):
@@ -76,44 +78,21 @@ class ModelSection(ConfigSection):
 
 
 @dataclass(slots=True)
-class TrainSection(ConfigSection):
-    batch_size: int = 32  # global batch (all GPUs and accumulation steps together)
-    epochs: int = 50
-    learning_rate: float = 1e-4
-    min_lr: float = 1e-6  # floor of the cosine/step schedule
-    weight_decay: float = 1e-4
-    optimizer: str = "adamw"  # any timm optimizer name
-    lr_scheduler: Literal["cosine", "step", "plateau", "none"] = "cosine"
-    warmup_epochs: float = 5.0  # linear warmup from 1% of learning_rate, stepped per update
-    gradient_accumulation_steps: int = 1
-    mixed_precision: bool = True  # autocast in amp_dtype
-    amp_dtype: Literal["bf16", "fp16"] = "bf16"  # fp16 needs a CUDA GPU (falls back to bf16 on CPU)
-    grad_clip: float = 1.0  # max gradient norm; 0 = off
-    early_stopping_patience: int = 10  # epochs without improvement; 0 = never stop early
-    early_stopping_monitor: str = "val/macro_auroc"
-    early_stopping_mode: Literal["max", "min"] = "max"
-    ema: bool = False  # keep an exponential moving average of the weights (evaluated as val_ema/*)
-    ema_decay: float = 0.9998
-    seed: int = 42
-
-
-@dataclass(slots=True)
 class DataSection(ConfigSection):
     data_dir: str = "data/chestxray14/images"  # searched recursively (NIH's images_0xx/images/ layout)
     labels_file: str = "data/chestxray14/Data_Entry_2017.csv"  # NIH CSV or one 0/1 column per finding
-    demo: bool = False  # generate a synthetic demo set under CHECKPOINT.save_dir and train on it
-    demo_num_images: int = 600
-    image_size: int = 224
-    num_workers: int = 4
-    train_split: float = 0.7  # fractions of patients (no patient is in two parts)
-    val_split: float = 0.15
-    test_split: float = 0.15
-    train_val_list: str = ""  # NIH's train_val_list.txt / test_list.txt: official test set
-    test_list: str = ""
-    on_bad_image: Literal["error", "skip"] = "error"
+    demo: bool = False  # generate a synthetic demo set under train.output_dir/demo_data and train on it
+    demo_num_images: int = 600  # images in the synthetic demo set (3 per patient)
+    image_size: int = 224  # training and evaluation resolution (square), pixels
+    train_split: float = 0.7  # fraction of patients for training (no patient is in two parts)
+    val_split: float = 0.15  # fraction of patients for validation
+    test_split: float = 0.15  # fraction of patients for testing
+    train_val_list: str = ""  # NIH's train_val_list.txt; with test_list: NIH's official test set
+    test_list: str = ""  # NIH's test_list.txt (give both lists or neither)
+    on_bad_image: Literal["error", "skip"] = "error"  # skip: decode every image once, drop unreadable ones
     # Name kept from the guide; the strong augmentation is torchvision v2 (RandAugment + random
     # erasing on top of the standard crop/rotation/intensity jitter), not albumentations.
-    use_albumentations: bool = False
+    use_albumentations: bool = False  # strong augmentation: + RandAugment and random erasing (torchvision v2)
 
     def __post_init__(self):
         splits = (self.train_split, self.val_split, self.test_split)
@@ -123,9 +102,8 @@ class DataSection(ConfigSection):
 
 @dataclass(slots=True)
 class LossSection(ConfigSection):
-    type: Literal["bce", "focal", "asl"] = "bce"
-    # None | "auto" (negatives/positives per finding on the training split) | 14 numbers. BCE only.
-    pos_weight: Optional[Union[str, list[float]]] = None
+    type: Literal["bce", "focal", "asl"] = "bce"  # finding loss: BCE, sigmoid focal or asymmetric loss
+    pos_weight: Optional[Union[str, list[float]]] = None  # BCE only: null, auto (negatives/positives per finding) or 14 numbers
     coarse_weight: float = 0.4  # hierarchical: BCE of the coarse head against the grouped labels
     fine_weight: float = 0.6  # hierarchical: the finding loss (the flat head uses it unweighted)
     consistency_weight: float = 0.2  # hierarchical: coarse probabilities vs grouped fine probabilities
@@ -137,33 +115,39 @@ class LossSection(ConfigSection):
             raise ConfigError(f"LOSS.pos_weight applies to the bce loss only, not LOSS.type={self.type!r}")
 
 
-@dataclass(slots=True)
-class CheckpointSection(ConfigSection):
-    save_dir: str = "runs/hybridmednet"  # run folder: checkpoints/, logs/, config.yaml, history.json
-    save_freq: int = 5  # epochs between checkpoint_latest.pth writes; the best model is saved whenever it improves
-    resume: bool = False
-    resume_checkpoint: str = ""  # default: <save_dir>/checkpoints/checkpoint_latest.pth
+def default_train() -> TrainConfig:
+    """The guide's TRAIN defaults on the shared engine's settings."""
+    return TrainConfig(output_dir="runs/hybridmednet", epochs=50, batch_size=32, lr=1e-4, min_lr=1e-6,
+                       weight_decay=1e-4, warmup_epochs=5.0, ema=False, save_every=5, log_every=10,
+                       early_stopping=EarlyStoppingConfig(monitor="val/macro_auroc", mode="max", patience=10))
 
 
-@dataclass(slots=True)
-class LoggingSection(ConfigSection):
-    log_dir: str = ""  # TensorBoard folder; empty = <save_dir>/logs
-    tensorboard: bool = True
-    print_freq: int = 10  # optimizer steps between train-loss log entries
+#: The guide's spellings, accepted in YAML files and on the command line. Its TRAIN dict is the shared
+#: ``train`` section (TRAIN.epochs is train.epochs); the keys it names differently are renamed after that.
+SOURCE_ALIASES = {
+    "TRAIN": "train",
+    "train.learning_rate": "train.lr",
+    "train.lr_scheduler": "train.scheduler",
+    "train.gradient_accumulation_steps": "train.grad_accum_steps",
+    "train.amp_dtype": "train.mixed_precision",
+    "train.early_stopping_patience": "train.early_stopping.patience",
+    "train.early_stopping_monitor": "train.early_stopping.monitor",
+    "train.early_stopping_mode": "train.early_stopping.mode",
+    "DATA.num_workers": "train.num_workers",
+}
 
 
 @dataclass(slots=True)
 class Config:
     """All settings. ``Config()`` gives the defaults; ``Config.load`` adds a YAML file and overrides."""
 
-    MODEL: ModelSection = field(default_factory=ModelSection)
-    TRAIN: TrainSection = field(default_factory=TrainSection)
-    DATA: DataSection = field(default_factory=DataSection)
-    LOSS: LossSection = field(default_factory=LossSection)
-    CHECKPOINT: CheckpointSection = field(default_factory=CheckpointSection)
-    LOGGING: LoggingSection = field(default_factory=LoggingSection)
+    MODEL: ModelSection = field(default_factory=ModelSection)  # the network: HybridMedNet(config) reads only this
+    DATA: DataSection = field(default_factory=DataSection)  # where the X-rays are, the split, augmentation
+    LOSS: LossSection = field(default_factory=LossSection)  # the finding loss and the hierarchical weights
+    train: TrainConfig = field(default_factory=default_train)  # the shared engine (the guide's TRAIN keys)
 
     @classmethod
     def load(cls, path: str | None = None, argv: Sequence[str] = ()) -> "Config":
-        """Defaults <- YAML file <- ``--set SECTION.key=value`` / ``--SECTION.key value`` overrides."""
-        return load_config(cls, path, argv)
+        """Defaults <- YAML file <- ``--set SECTION.key=value`` / ``--SECTION.key value`` overrides, in the guide's
+        spellings (SOURCE_ALIASES) or the canonical ones."""
+        return load_config(cls, path, argv, aliases=SOURCE_ALIASES)

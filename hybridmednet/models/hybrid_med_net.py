@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from types import SimpleNamespace
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
 from torchvision.ops import FeaturePyramidNetwork
+
+from shared.export import register_model
 
 from .attention import MultiScaleAttention
 from .backbones import build_backbone
@@ -55,3 +59,9 @@ class HybridMedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | HierarchicalOutput:
         return self.classifier(self.fusion(self.multiscale_features(x)))
+
+
+@register_model("hybridmednet")
+def build_exported(architecture: Mapping[str, Any]) -> HybridMedNet:
+    """HybridMedNet from an export's architecture (its MODEL section), without downloading weights."""
+    return HybridMedNet(SimpleNamespace(MODEL={**architecture, "pretrained": False}))

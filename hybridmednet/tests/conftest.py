@@ -5,8 +5,10 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from hybridmednet.configs.default_config import Config
+from hybridmednet.configs.default_config import SOURCE_ALIASES, Config
 from hybridmednet.models.backbones import BACKBONES, BackboneSpec, TimmFeatures
+from shared import config_from_dict
+from shared.config import apply_aliases
 
 TINY_BACKBONE = "test_convnext"  # timm's 0.2M-parameter ConvNeXt for unit tests (LayerNorm only, no BatchNorm)
 
@@ -26,26 +28,31 @@ def _deterministic_with_tiny_backbone(monkeypatch):
     torch.set_num_threads(threads)
 
 
+def _merged(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 @pytest.fixture
 def make_config(tmp_path):
-    """Factory: narrow heads, no pretrained weights, fp32, no warmup/EMA/TensorBoard, run folder in tmp."""
+    """Factory: narrow heads, no pretrained weights, fp32, no warmup/EMA/TensorBoard, run folder in tmp.
+
+    Sections as keyword arguments, in the guide's spellings (``TRAIN={"learning_rate": 1e-3}``) or the
+    canonical ones (``train={"lr": 1e-3}``), resolved by the project's alias table like a YAML file.
+    """
 
     def make(backbone: str = TINY_BACKBONE, **sections) -> Config:
-        config = Config()
-        for key, value in {"backbone": backbone, "pretrained": False, "fpn_channels": 32, "fusion_channels": 64,
-                           "num_heads": 4, "attention_pool_size": 4, "dropout": 0.0}.items():
-            config.MODEL[key] = value
-        for key, value in {"epochs": 1, "batch_size": 8, "mixed_precision": False, "warmup_epochs": 0.0,
-                           "grad_clip": 0.0, "early_stopping_patience": 0}.items():
-            config.TRAIN[key] = value
-        config.DATA["num_workers"] = 0
-        config.DATA["image_size"] = 32
-        config.LOGGING["tensorboard"] = False
-        config.CHECKPOINT["save_dir"] = str(tmp_path / "run")
-        for section, values in sections.items():
-            for key, value in values.items():
-                getattr(config, section)[key] = value
-        return config
+        values = {
+            "MODEL": {"backbone": backbone, "pretrained": False, "fpn_channels": 32, "fusion_channels": 64,
+                      "num_heads": 4, "attention_pool_size": 4, "dropout": 0.0},
+            "DATA": {"image_size": 32},
+            "train": {"epochs": 1, "batch_size": 8, "mixed_precision": "no", "warmup_epochs": 0.0, "grad_clip": 0.0,
+                      "early_stopping": {"patience": 0}, "num_workers": 0, "tracker": "none",
+                      "output_dir": str(tmp_path / "run")},
+        }
+        return config_from_dict(Config, _merged(values, apply_aliases(sections, SOURCE_ALIASES)))
 
     return make
 

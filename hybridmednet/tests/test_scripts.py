@@ -6,14 +6,16 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pytest
 import torch
 
 from hybridmednet import test_modern_models
 from hybridmednet.benchmark import build_variant, markdown_table, measure
 from hybridmednet.configs.default_config import Config
 from hybridmednet.profiling import PeakTensorMemory, count_flops, count_parameters
-from hybridmednet.train import main
-from shared import load_checkpoint
+from hybridmednet.train import build_engine, export_best, main
+from shared import load_checkpoint, load_export
 from shared.cxr14 import FINDINGS
 from shared.testing import free_port
 
@@ -23,20 +25,60 @@ def test_train_main_runs_on_the_demo_set_and_reports_per_finding_auroc(tmp_path,
     overrides = {
         "MODEL.backbone": "test_convnext", "MODEL.pretrained": "false", "MODEL.fpn_channels": 32,
         "MODEL.fusion_channels": 64, "MODEL.num_heads": 4, "MODEL.hierarchical": "true",
-        "TRAIN.epochs": 2, "TRAIN.batch_size": 16, "TRAIN.mixed_precision": "false", "TRAIN.warmup_epochs": 0,
-        "TRAIN.ema": "true", "DATA.demo": "true", "DATA.demo_num_images": 60, "DATA.image_size": 32,
-        "DATA.num_workers": 0, "CHECKPOINT.save_dir": str(save_dir), "LOGGING.tensorboard": "false",
+        "train.epochs": 2, "train.batch_size": 16, "train.mixed_precision": "no", "train.warmup_epochs": 0,
+        "train.ema": "true", "DATA.demo": "true", "DATA.demo_num_images": 60, "DATA.image_size": 32,
+        "train.num_workers": 0, "train.output_dir": str(save_dir), "train.tracker": "none",
     }
     results = main([arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")])
-    written = json.loads((save_dir / "final_metrics.json").read_text())
-    assert set(written) == {"val", "test"}
-    assert written["val"]["macro_auroc"] == results["val"]["macro_auroc"]
-    assert all(f"auroc/{name}" in written["val"] for name in FINDINGS) and "coarse/macro_auroc" in written["val"]
+    written = {split: json.loads((save_dir / "results" / f"{split}_metrics.json").read_text()) for split in ("val", "test")}
+    assert set(results["splits"]) == {"val", "test"}
+    assert written["val"]["macro_auroc"] == pytest.approx(results["splits"]["val"]["macro_auroc"])
+    assert all(f"auroc/{name}" in written["val"] for name in FINDINGS)
+    history = json.loads((save_dir / "history.json").read_text())
+    assert "val/coarse/macro_auroc" in history[-1]  # the hierarchical head's coarse metrics, every epoch
     for name in ("checkpoints/checkpoint_latest.pth", "checkpoints/checkpoint_best_ema.pth", "config.yaml",
-                 "history.json", "roc_val.png", "training_curves.png"):
+                 "history.json", "results/val_roc.png", "results/test_per_class.csv", "results/training_curves.png",
+                 "export/model.json", "export/model.safetensors"):
         assert (save_dir / name).is_file(), name
     assert Config.load(save_dir / "config.yaml").MODEL["hierarchical"] is True  # the saved config reloads
     assert "validation AUROC" in capsys.readouterr().out
+
+
+def test_the_guides_command_line_reaches_the_engine(tmp_path):
+    """``python train.py`` with the guide's settings (its MODEL / TRAIN / DATA dicts) as flags."""
+    guide = ["--MODEL.backbone", "test_convnext", "--MODEL.pretrained", "false", "--MODEL.use_modern_attention",
+             "--MODEL.use_cross_scale_attention", "--MODEL.num_heads", "4", "--TRAIN.batch_size", "16",
+             "--TRAIN.learning_rate", "2e-3", "--TRAIN.lr_scheduler", "cosine", "--TRAIN.warmup_epochs", "1",
+             "--TRAIN.gradient_accumulation_steps", "2", "--TRAIN.epochs", "1", "--DATA.num_workers", "0",
+             "--DATA.use_albumentations"]
+    sizing = ["--MODEL.fpn_channels", "32", "--MODEL.fusion_channels", "64", "--DATA.demo", "--DATA.demo_num_images",
+              "60", "--DATA.image_size", "32", "--TRAIN.mixed_precision", "no", "--TRAIN.tracker", "none",
+              "--TRAIN.output_dir", str(tmp_path)]
+    main(guide + sizing)
+    state = load_checkpoint(tmp_path / "checkpoints" / "checkpoint_latest.pth")
+    train = state["config"]["train"]
+    assert (train["batch_size"], train["lr"], train["scheduler"], train["warmup_epochs"]) == (16, 2e-3, "cosine", 1.0)
+    assert (train["grad_accum_steps"], train["epochs"], train["num_workers"]) == (2, 1, 0)
+    assert state["config"]["DATA"]["use_albumentations"] is True and state["config"]["MODEL"]["num_heads"] == 4
+    assert state["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(2e-3)
+    assert state["global_step"] >= 1 and len(state["history"]) == 1
+
+
+def test_export_rebuilds_the_trained_model(make_config, tiny_dataset, tmp_path):
+    """export/ alone rebuilds the trained network: same outputs, plus class names, thresholds, preprocessing."""
+    config = make_config(train={"epochs": 1, "batch_size": 4, "limit_train_batches": 1})
+    engine = build_engine(config, tiny_dataset, None, tiny_dataset.tensors[1].numpy())
+    engine.fit()
+    export_best(engine, config, thresholds=np.linspace(0.2, 0.8, 14))
+    engine.close()
+    exported, info = load_export(engine.output_dir / "export")
+    trained = engine.accelerator.unwrap_model(engine.model).eval()
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(exported(images), trained(images))
+    assert info["project"] == "hybridmednet" and info["task"] == "multi-label" and info["class_names"] == list(FINDINGS)
+    assert info["thresholds"] == pytest.approx(np.linspace(0.2, 0.8, 14).tolist())
+    assert info["preprocessing"]["size"] == [32, 32] and info["architecture"]["backbone"] == "test_convnext"
 
 
 def test_benchmark_row_matches_direct_measurements():
@@ -83,10 +125,10 @@ def test_two_process_gloo_run_is_one_run_with_one_report(tmp_path):
     save_dir = tmp_path / "run"
     overrides = {
         "MODEL.backbone": "test_convnext", "MODEL.pretrained": "false", "MODEL.fpn_channels": 32,
-        "MODEL.fusion_channels": 64, "MODEL.num_heads": 4, "TRAIN.epochs": 2, "TRAIN.batch_size": 16,
-        "TRAIN.mixed_precision": "false", "TRAIN.warmup_epochs": 0, "DATA.demo": "true",
-        "DATA.demo_num_images": 60, "DATA.image_size": 32, "DATA.num_workers": 0,
-        "CHECKPOINT.save_dir": str(save_dir), "LOGGING.tensorboard": "false",
+        "MODEL.fusion_channels": 64, "MODEL.num_heads": 4, "train.epochs": 2, "train.batch_size": 16,
+        "train.mixed_precision": "no", "train.warmup_epochs": 0, "DATA.demo": "true",
+        "DATA.demo_num_images": 60, "DATA.image_size": 32, "train.num_workers": 0,
+        "train.output_dir": str(save_dir), "train.tracker": "none",
     }
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(launcher), *[arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]]

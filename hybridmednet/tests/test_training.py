@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from hybridmednet.losses import HierarchicalLoss, build_finding_loss, group_max, membership_matrix
 from hybridmednet.models.classifier import HierarchicalOutput
-from hybridmednet.train import build_engine, engine_config
+from hybridmednet.train import build_engine
 from shared import Callback
 from shared.cxr14 import FINDINGS
 
@@ -40,17 +40,27 @@ def _parameters(engine) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-def test_config_keys_reach_the_engine(make_config):
-    config = make_config(TRAIN={"mixed_precision": True, "amp_dtype": "bf16", "gradient_accumulation_steps": 4,
-                                "warmup_epochs": 2.5, "early_stopping_patience": 3, "learning_rate": 3e-4},
-                         CHECKPOINT={"save_freq": 7}, LOGGING={"print_freq": 5, "tensorboard": True})
-    cfg = engine_config(config)
-    assert (cfg.mixed_precision, cfg.grad_accum_steps, cfg.warmup_epochs, cfg.lr) == ("bf16", 4, 2.5, 3e-4)
+def test_guide_train_keys_reach_the_engine(make_config, tiny_dataset):
+    """The guide's TRAIN keys are the shared engine's settings (no translation step in between)."""
+    config = make_config(TRAIN={"amp_dtype": "bf16", "gradient_accumulation_steps": 4, "warmup_epochs": 2.5,
+                                "early_stopping_patience": 3, "learning_rate": 3e-4, "lr_scheduler": "step",
+                                "save_every": 7, "log_every": 5})
+    engine = build_engine(config, tiny_dataset, None, tiny_dataset.tensors[1].numpy())
+    cfg = engine.cfg
+    assert cfg is config.train
+    assert (cfg.mixed_precision, cfg.grad_accum_steps, cfg.warmup_epochs, cfg.lr, cfg.scheduler) == (
+        "bf16", 4, 2.5, 3e-4, "step")
     assert (cfg.early_stopping.patience, cfg.early_stopping.monitor, cfg.save_every, cfg.log_every) == (
         3, "val/macro_auroc", 7, 5)
-    assert cfg.tracker == "tensorboard" and cfg.output_dir == config.CHECKPOINT["save_dir"]
-    config.TRAIN["mixed_precision"] = False
-    assert engine_config(config).mixed_precision == "no"
+    assert engine.optimizer.param_groups[0]["initial_lr"] == pytest.approx(3e-4)
+    assert engine.accelerator.gradient_accumulation_steps == 4 and engine.accelerator.mixed_precision == "bf16"
+    engine.close()
+
+
+def test_unknown_scheduler_is_an_error(make_config, tiny_dataset):
+    with pytest.raises(ValueError, match="linear"):
+        config = make_config(TRAIN={"lr_scheduler": "linear"})
+        build_engine(config, tiny_dataset, None, tiny_dataset.tensors[1].numpy())
 
 
 @pytest.mark.parametrize("warmup_epochs", [0.0, 1.0])
@@ -68,9 +78,9 @@ def test_warmup_ramps_the_learning_rate(make_config, tiny_dataset, warmup_epochs
         assert all(a > b for a, b in zip(first_epoch, first_epoch[1:]))
 
 
-@pytest.mark.parametrize("mixed_precision,dtype", [(True, torch.bfloat16), (False, torch.float32)])
+@pytest.mark.parametrize("mixed_precision,dtype", [("bf16", torch.bfloat16), ("no", torch.float32)])
 def test_mixed_precision_flag_switches_autocast(make_config, tiny_dataset, mixed_precision, dtype):
-    config = make_config(TRAIN={"mixed_precision": mixed_precision})
+    config = make_config(train={"mixed_precision": mixed_precision})
     seen = []
     engine = build_engine(config, tiny_dataset, None, tiny_dataset.tensors[1].numpy())
     model = engine.accelerator.unwrap_model(engine.model)
