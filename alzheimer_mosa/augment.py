@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torchio as tio
 
+from shared import Preprocessing
 from alzheimer_mosa.config import AugmentConfig, DataConfig
 
 IMAGE_KEY = "image"
@@ -129,3 +130,19 @@ def build_transform(data: DataConfig, aug: AugmentConfig, train: bool, preproces
     if train and aug.noise_prob > 0:
         transforms.append(tio.RandomNoise(std=(0.0, aug.noise_std), p=aug.noise_prob))
     return tio.Compose(transforms)
+
+
+def export_preprocessing(data: DataConfig, channels: int) -> Preprocessing:
+    """The evaluation pipeline above, as an export's ``model.json`` describes it. The intensity
+    normalisation is per volume, so no fixed mean/std follows it (0 and 1)."""
+    return Preprocessing(
+        size=tuple(data.target_size), channels=channels, mean=(0.0,) * channels, std=(1.0,) * channels,
+        spatial_dims=3,
+        extra={"reader": "NIfTI (.nii/.nii.gz), first frame of a 4D series", "orientation": "canonical RAS+",
+               "axis_order": "array axes of the RAS+ image (size is [x, y, z])",
+               "foreground_crop": {"enabled": data.foreground_crop, "margin": data.foreground_margin,
+                                   "rule": "bounding box of voxels above the volume minimum"},
+               "size_mode": data.size_mode,
+               "intensity": ({"method": "zscore", "per": "volume"} if data.normalization == "zscore" else
+                             {"method": "percentile", "per": "volume", "range": list(data.percentile_range),
+                              "to": [0.0, 1.0]})})

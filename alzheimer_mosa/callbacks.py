@@ -72,8 +72,8 @@ class TensorBoardCallback(Callback):
         logits, targets = logits.cpu(), targets.cpu()
         self._logits.append(logits)
         self._targets.append(targets)
-        if not self.cfg.batch_metrics:
-            return
+        if not self.cfg.batch_metrics or not torch.isfinite(logits).all():
+            return  # non-finite outputs: the engine's guard stops the run with its message
         loss = acc.reduce(outputs["loss"].detach().float(), "mean")  # a collective: every process calls it
         writer = engine.tensorboard
         if writer is None:

@@ -171,6 +171,11 @@ class VolumeDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    @property
+    def sample_ids(self) -> list[str]:
+        """The volume paths in index order (the ``sample`` column of ``results/<split>_predictions.csv``)."""
+        return [str(record.path) for record in self.records]
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         record = self.records[index]
         subject = (self.cache.subject(index) if self.cache is not None
@@ -188,7 +193,7 @@ def volume_caches(cfg: Config, splits: dict[str, list[VolumeRecord]]) -> dict[st
 
 def build_datasets(cfg: Config) -> dict[str, VolumeDataset]:
     """Split name -> dataset; only ``train`` gets the random augmentation."""
-    splits = load_split_records(cfg.data, cfg.training.seed)
+    splits = load_split_records(cfg.data, cfg.train.seed)
     caches = volume_caches(cfg, splits)
     if caches and not all(cache.ready for cache in caches.values()):
         logger.warning("no finished volume cache in %s for these settings: reading the NIfTI files "

@@ -1,4 +1,4 @@
-"""Metric selection, per-class reports, JSON export and figures (PNG + TensorBoard image).
+"""Metric selection, per-class reports and figures (PNG + TensorBoard image).
 
 The numbers come from :func:`shared.multiclass_metrics`; this module decides which of them are logged
 as scalars, how the per-class report looks, and turns the shared PNG plots into TensorBoard images.
@@ -6,7 +6,6 @@ as scalars, how the per-class report looks, and turns the shared PNG plots into 
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from pathlib import Path
@@ -40,28 +39,21 @@ def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
             if "/" not in k and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
-def per_class_report(metrics: Mapping[str, Any], class_names: Sequence[str], y_true: np.ndarray) -> dict[str, dict]:
-    """``{class: {precision, recall, f1, specificity, auc, support}}`` in label order."""
-    support = np.bincount(np.asarray(y_true, dtype=np.int64), minlength=len(class_names))
+def per_class_report(metrics: Mapping[str, Any], class_names: Sequence[str],
+                     y_true: np.ndarray | None = None) -> dict[str, dict]:
+    """``{class: {precision, recall, f1, specificity, auc, support}}`` in label order; the support counts
+    ``y_true``, or the rows of the confusion matrix (true class) when no labels are given."""
+    support = (np.bincount(np.asarray(y_true, dtype=np.int64), minlength=len(class_names)) if y_true is not None
+               else np.asarray(metrics["confusion_matrix"]).sum(axis=1))
     return {name: {**{field: metrics[f"{field}/{name}"] for field in PER_CLASS_FIELDS}, "support": int(support[c])}
             for c, name in enumerate(class_names)}
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN/inf -> null, so the files are valid JSON for any reader."""
-    if isinstance(value, Mapping):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json(path: Path, payload: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(payload), indent=2))
-    return path
+def per_class_payload(metrics: Mapping[str, Any], class_names: Sequence[str], positive_class: str) -> dict[str, Any]:
+    """The ``<split>_per_class_metrics.json`` content: per-class report and the labelled confusion matrix."""
+    return {"classes": per_class_report(metrics, class_names), "positive_class": positive_class,
+            "confusion_matrix": {"rows_true_columns_predicted": list(class_names),
+                                 "matrix": metrics["confusion_matrix"]}}
 
 
 def save_figures(y_true: np.ndarray, y_prob: np.ndarray, confusion: Sequence[Sequence[int]],

@@ -1,32 +1,66 @@
-"""Config -> model: the plain 3D ResNet (pretraining) or Mosa / MosaShared on top of it."""
+"""Config -> model: the plain 3D ResNet (pretraining) or Mosa / MosaShared on top of it.
+
+Every model is built from an architecture dict (:func:`architecture`), the same dict an export's
+``model.json`` holds, so :func:`shared.load_export` rebuilds it through :func:`build_from_architecture`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal, Mapping
 
 from torch import nn
 
+from shared import register_model
 from alzheimer_mosa.config import Config
 from alzheimer_mosa.mosa_net import Mosa
 from alzheimer_mosa.mosa_net_simple import MosaShared
 from alzheimer_mosa.resnet import ResNet3d, build_resnet3d, load_pretrained_resnet
 
+PROJECT = "alzheimer_mosa"
+
+
+def architecture(cfg: Config, kind: Literal["resnet3d", "mosa"]) -> dict[str, Any]:
+    """What a model is, without its weights: ``resnet3d``, ``mosa`` or ``mosa_shared`` and its sizes."""
+    b, m = cfg.backbone, cfg.mosa
+    arch: dict[str, Any] = {
+        "model": kind if kind == "resnet3d" else ("mosa_shared" if m.use_shared_transformer else "mosa"),
+        "backbone": {"model_type": b.model_type, "in_channels": b.in_channels, "num_classes": b.num_classes,
+                     "width": b.width},
+    }
+    if kind != "resnet3d":
+        arch["input_size"] = list(cfg.data.target_size)
+        arch["mosa"] = {"embed_dim": m.embed_dim, "depth": m.depth, "num_heads": m.num_heads, "mlp_ratio": m.mlp_ratio,
+                        "qkv_bias": m.qkv_bias, "drop_rate": m.drop_rate, "attn_drop_rate": m.attn_drop_rate}
+    return arch
+
+
+@register_model(PROJECT)
+def build_from_architecture(arch: Mapping[str, Any]) -> nn.Module:
+    """An :func:`architecture` dict -> the freshly initialised model."""
+    b = arch["backbone"]
+    backbone = build_resnet3d(b["model_type"], b["in_channels"], b["num_classes"], width=b["width"])
+    if arch["model"] == "resnet3d":
+        return backbone
+    model_cls = {"mosa": Mosa, "mosa_shared": MosaShared}[arch["model"]]
+    return model_cls(backbone, tuple(arch["input_size"]), b["num_classes"], **arch["mosa"])
+
 
 def build_backbone(cfg: Config) -> ResNet3d:
     """The configured 3D ResNet, with ``pretrained_path`` weights when ``pretrained`` is on."""
-    b = cfg.backbone
-    backbone = build_resnet3d(b.model_type, b.in_channels, b.num_classes, width=b.width)
-    if b.pretrained:
-        load_pretrained_resnet(backbone, Path(b.pretrained_path))
+    backbone = build_from_architecture(architecture(cfg, "resnet3d"))
+    if cfg.backbone.pretrained:
+        load_pretrained_resnet(backbone, Path(cfg.backbone.pretrained_path))
     return backbone
 
 
 def build_mosa(cfg: Config) -> nn.Module:
     """Mosa (a transformer per scale) or MosaShared (one shared transformer), sized for ``target_size``."""
-    m = cfg.mosa
-    model_cls = MosaShared if m.use_shared_transformer else Mosa
-    return model_cls(
-        build_backbone(cfg), tuple(cfg.data.target_size), cfg.backbone.num_classes, embed_dim=m.embed_dim, depth=m.depth,
-        num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, qkv_bias=m.qkv_bias, drop_rate=m.drop_rate,
-        attn_drop_rate=m.attn_drop_rate,
-    )
+    model = build_from_architecture(architecture(cfg, "mosa"))
+    if cfg.backbone.pretrained:
+        load_pretrained_resnet(model.backbone, Path(cfg.backbone.pretrained_path))
+    return model
+
+
+def model_kind(model: nn.Module) -> Literal["resnet3d", "mosa"]:
+    return "resnet3d" if isinstance(model, ResNet3d) else "mosa"

@@ -2,13 +2,18 @@
 
     python alzheimer_mosa/pretrain_resnet.py [--config run.yaml] [--backbone.model_type resnet50_3d ...]
 
-Mosa can then start from it: ``train_mosa.py --backbone.pretrained true
---backbone.pretrained_path checkpoints/resnet3d/model_best.pth.tar [--backbone.freeze_epochs 2]``.
+Mosa can then start from it: ``train_mosa.py --backbone.pretrained --backbone.pretrained_path
+checkpoints/resnet3d/model_best.pth.tar [--backbone.freeze_epochs 2]``. ``--help`` lists every option.
 """
 
 from alzheimer_mosa.config import PretrainConfig
 from alzheimer_mosa.model_builder import build_backbone
-from alzheimer_mosa.training import main
+from alzheimer_mosa.training import main as train_main
+
+
+def main(argv=None) -> dict:
+    return train_main(PretrainConfig, build_backbone, run_name="resnet3d", argv=argv, description=__doc__)
+
 
 if __name__ == "__main__":
-    main(PretrainConfig, build_backbone, run_name="resnet3d")
+    main()

@@ -37,8 +37,9 @@ def _cuda_bf16() -> bool:
 def resolve_mixed_precision(value: str | bool, cpu: bool = False) -> str:
     """``train.mixed_precision`` -> the precision Accelerate runs with (``cpu``: ``TrainConfig.cpu``).
 
-    ``auto``: bf16 on a CUDA GPU with bf16, fp16 (with loss scaling) on one without, bf16 autocast on the
-    CPU. ``fp16`` on the CPU warns and runs bf16 autocast (fp16 needs a CUDA GPU). ``bf16``/``no`` as given.
+    ``auto``: bf16 on a CUDA GPU with bf16, fp16 (with loss scaling) on one without, fp32 on the CPU
+    (CPU bf16 autocast is slow without AMX and gave NaN gradients in a 3D conv backward on torch 2.14).
+    ``fp16`` on the CPU warns and runs bf16 autocast (fp16 needs a CUDA GPU). ``bf16``/``no`` as given.
     ``true``/``false`` (the guides' ``mixed_precision: True``, and YAML's unquoted ``no``) mean auto/no.
     """
     if isinstance(value, bool):
@@ -47,7 +48,7 @@ def resolve_mixed_precision(value: str | bool, cpu: bool = False) -> str:
         raise ConfigError(f"train.mixed_precision: {value!r} is not one of {', '.join(MIXED_PRECISION_CHOICES)}")
     on_cpu = _use_cpu(cpu)
     if value == "auto":
-        return "bf16" if on_cpu or _cuda_bf16() else "fp16"
+        return "no" if on_cpu else "bf16" if _cuda_bf16() else "fp16"
     if value == "fp16" and on_cpu:
         warnings.warn("fp16 needs a CUDA GPU; using bf16 autocast on this CPU instead", RuntimeWarning)
         return "bf16"

@@ -41,7 +41,7 @@ class TrainConfig:
     decay_rate: float = 0.1  # lr factor of each step-scheduler decay or plateau reduction
     grad_accum_steps: int = 1  # batches whose gradients are summed into one optimizer step
     grad_clip: float = 1.0  # max gradient norm; 0 = off
-    mixed_precision: str | bool = "auto"  # auto (bf16; fp16 on a GPU without bf16) | bf16 | fp16 | no; true = auto, false = no
+    mixed_precision: str | bool = "auto"  # auto (GPU: bf16, or fp16 without bf16; CPU: fp32) | bf16 | fp16 | no; true = auto, false = no
     cpu: bool = False  # True: train on the CPU even when a GPU is visible
     ema: bool = True  # keep an EMA of the weights (timm ModelEmaV3), evaluated as val_ema/*
     ema_decay: float = 0.9998  # EMA decay per optimizer step

@@ -248,9 +248,9 @@ def test_tensorboard_logs_read_back_in_written_order_whatever_the_file_names(tmp
     assert read_scalars(logs)["loss"] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
 
 
-def test_mixed_precision_auto_is_the_default_and_resolves_to_bf16_autocast_on_cpu(tmp_path):
+def test_mixed_precision_auto_is_the_default_and_means_fp32_on_cpu(tmp_path):
     assert TrainConfig().mixed_precision == "auto"
-    assert resolve_mixed_precision("auto", cpu=True) == "bf16"
+    assert resolve_mixed_precision("auto", cpu=True) == "no"
     dtypes = []
 
     class RecordDtype(MultiLabelTask):
@@ -258,11 +258,12 @@ def test_mixed_precision_auto_is_the_default_and_resolves_to_bf16_autocast_on_cp
             dtypes.append((batch[0] @ batch[0].T).dtype)  # a matmul under the engine's autocast
             return super().eval_step(model, batch)
 
-    engine = Engine(make_cfg(tmp_path, mixed_precision="auto", cpu=True, epochs=1, tracker="none"), toy_model(),
-                    RecordDtype(AsymmetricLoss(), list("abc")), toy_data(32), None)
-    assert engine.accelerator.mixed_precision == "bf16"
-    engine.evaluate(toy_data(16))
-    assert dtypes == [torch.bfloat16]  # what bf16 always meant on the CPU: bf16 autocast
+    for precision, dtype in (("auto", torch.float32), ("bf16", torch.bfloat16)):  # bf16 on the CPU: autocast
+        engine = Engine(make_cfg(tmp_path, mixed_precision=precision, cpu=True, epochs=1, tracker="none"),
+                        toy_model(), RecordDtype(AsymmetricLoss(), list("abc")), toy_data(32), None)
+        assert engine.accelerator.mixed_precision == ("no" if precision == "auto" else "bf16")
+        engine.evaluate(toy_data(16))
+        assert dtypes.pop() == dtype
 
 
 def test_mixed_precision_rule_on_cuda_and_fp16_on_cpu(monkeypatch):
@@ -270,7 +271,7 @@ def test_mixed_precision_rule_on_cuda_and_fp16_on_cpu(monkeypatch):
     for has_bf16, expected in ((True, "bf16"), (False, "fp16")):
         monkeypatch.setattr(shared.accelerator, "_cuda_bf16", lambda: has_bf16)
         assert resolve_mixed_precision("auto") == expected
-        assert resolve_mixed_precision("auto", cpu=True) == "bf16"  # cpu=True trains on the CPU
+        assert resolve_mixed_precision("auto", cpu=True) == "no"  # cpu=True trains on the CPU
         assert [resolve_mixed_precision(v) for v in ("bf16", "fp16", "no")] == ["bf16", "fp16", "no"]
     with pytest.warns(RuntimeWarning, match="fp16 needs a CUDA GPU"):
         assert resolve_mixed_precision("fp16", cpu=True) == "bf16"

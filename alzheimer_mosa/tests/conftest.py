@@ -15,11 +15,12 @@ CLASSES = ["CN", "AD"]
 TINY_SPLITS = {"train": 4, "val": 2, "test": 2}  # volumes per class
 
 TINY_OVERRIDES = {
-    "data": {"target_size": [16, 16, 16], "batch_size": 4, "num_workers": 0},
+    "data": {"target_size": [16, 16, 16]},
     "backbone": {"model_type": "resnet10_3d", "width": 8},
     "mosa": {"embed_dim": 16, "depth": 1, "num_heads": 2},
-    "training": {"epochs": 2, "learning_rate": 1e-3, "warmup_epochs": 0},
-    "logging": {"progress_bar": False, "hist_interval": 1},
+    "train": {"epochs": 2, "lr": 1e-3, "warmup_epochs": 0, "batch_size": 4, "num_workers": 0, "progress_bar": False,
+              "mixed_precision": "no"},
+    "logging": {"hist_interval": 1},
 }
 
 
@@ -50,7 +51,8 @@ def tiny_config(out_dir: Path, data_root: Path, cls=Config, **overrides) -> Conf
     ``section={key: value}`` mappings."""
     base = _merge(TINY_OVERRIDES, {
         "data": {"data_root": str(data_root), "demo_dir": str(out_dir / "demo")},
-        "training": {"checkpoint_dir": str(out_dir / "checkpoints"), "log_dir": str(out_dir / "logs")},
+        "train": {"output_dir": str(out_dir / "logs")},
+        "logging": {"checkpoint_dir": str(out_dir / "checkpoints")},
     })
     return config_from_dict(cls, _merge(base, overrides))
 

@@ -46,7 +46,7 @@ def env(tmp_path_factory, demo_root):
 
 # ------------------------------------------------------------------------------------------ probes
 def probe_engine(cfg, env):
-    return config_to_dict(engine_config(cfg, Path("run")))
+    return config_to_dict(engine_config(cfg))
 
 
 def probe_model(cfg, env):
@@ -70,7 +70,7 @@ def probe_task(cfg, env):
 
 
 def probe_records(cfg, env):
-    splits = load_split_records(cfg.data, cfg.training.seed)
+    splits = load_split_records(cfg.data, cfg.train.seed)
     return {split: [(str(r.path), r.label) for r in records] for split, records in splits.items()}
 
 
@@ -104,15 +104,15 @@ def probe_run(cfg, env):
         tags = events.Tags()
         _RUNS[key] = (sorted({tag.rsplit("/", 1)[0] for tag in tags["scalars"]}), bool(tags["histograms"]),
                       sorted(p.name for p in run.glob("*.json")), str(run.parent),
-                      sorted(str(p) for p in Path(cfg.training.checkpoint_dir).glob("*.pth.tar")))
+                      sorted(str(p) for p in Path(cfg.logging.checkpoint_dir).glob("*.pth.tar")))
     return _RUNS[key]
 
 
 # ------------------------------------------------------------------------------------------- table
 AUG_OFF = {"flip_prob": 0.0, "affine_prob": 0.0, "noise_prob": 0.0, "bias_field_prob": 0.0, "gamma_prob": 0.0}
-FOCAL = {"training": {"loss_fn": "focal"}}
+FOCAL = {"loss": {"name": "focal"}}
 MANIFEST = {"data": {"data_root": "{manifest}"}}
-RUN = {"training": {"epochs": 1, "checkpoint_dir": "{elsewhere}/ckpt", "log_dir": "{elsewhere}/logs"}}
+RUN = {"train": {"epochs": 1, "output_dir": "{elsewhere}/logs"}, "logging": {"checkpoint_dir": "{elsewhere}/ckpt"}}
 
 
 def only(**augment):
@@ -122,8 +122,6 @@ def only(**augment):
 ROWS = [
     ("data.data_root", "{manifest}", probe_records, {}),
     ("data.demo_dir", "{demo_b}", probe_records, {"data": {"data_root": "", "demo_dir": "{demo_a}"}}),
-    ("data.batch_size", 2, probe_engine, {}),
-    ("data.num_workers", 1, probe_engine, {}),
     ("data.target_size", [12, 16, 20], probe_val_volume, {}),
     ("data.size_mode", "crop_pad", probe_val_volume, {}),
     ("data.foreground_crop", False, probe_val_volume, {}),
@@ -163,34 +161,36 @@ ROWS = [
     ("mosa.qkv_bias", False, probe_model, {}),
     ("mosa.drop_rate", 0.3, probe_model, {}),
     ("mosa.attn_drop_rate", 0.2, probe_model, {}),
-    ("training.optimizer", "sgd", probe_engine, {}),
-    ("training.learning_rate", 0.01, probe_engine, {}),
-    ("training.min_lr", 1e-5, probe_engine, {}),
-    ("training.weight_decay", 0.1, probe_engine, {}),
-    ("training.momentum", 0.5, probe_engine, {}),
-    ("training.lr_scheduler", "step", probe_engine, {}),
-    ("training.step_size", 3.0, probe_engine, {}),
-    ("training.lr_decay", 0.5, probe_engine, {}),
-    ("training.warmup_epochs", 2.0, probe_engine, {}),
-    ("training.epochs", 5, probe_engine, {}),
-    ("training.grad_clip", 0.0, probe_engine, {}),
-    ("training.loss_fn", "focal", probe_task, {}),
-    ("training.alpha", [0.25, 0.75], probe_task, FOCAL),
-    ("training.gamma", 1.0, probe_task, FOCAL),
-    ("training.label_smoothing", 0.1, probe_task, {}),
-    ("training.monitor", "val/accuracy", probe_engine, {}),
-    ("training.monitor_mode", "max", probe_engine, {}),
-    ("training.early_stopping_patience", 3, probe_engine, {}),
-    ("training.mixed_precision", "bf16", probe_engine, {}),
-    ("training.seed", 7, probe_engine, {}),
-    ("training.resume", "{elsewhere}/checkpoint.pth.tar", probe_engine, {}),
-    ("training.checkpoint_dir", "{elsewhere}/other_ckpt", probe_run, RUN),
-    ("training.log_dir", "{elsewhere}/other_logs", probe_run, RUN),
-    ("training.save_freq", 2, probe_engine, {}),
+    ("loss.name", "focal", probe_task, {}),
+    ("loss.alpha", [0.25, 0.75], probe_task, FOCAL),
+    ("loss.gamma", 1.0, probe_task, FOCAL),
+    ("loss.label_smoothing", 0.1, probe_task, {}),
+    ("train.batch_size", 2, probe_engine, {}),
+    ("train.num_workers", 1, probe_engine, {}),
+    ("train.optimizer", "sgd", probe_engine, {}),
+    ("train.lr", 0.01, probe_engine, {}),
+    ("train.min_lr", 1e-5, probe_engine, {}),
+    ("train.weight_decay", 0.1, probe_engine, {}),
+    ("train.momentum", 0.5, probe_engine, {}),
+    ("train.scheduler", "step", probe_engine, {}),
+    ("train.decay_epochs", 3.0, probe_engine, {}),
+    ("train.decay_rate", 0.5, probe_engine, {}),
+    ("train.warmup_epochs", 2.0, probe_engine, {}),
+    ("train.epochs", 5, probe_engine, {}),
+    ("train.grad_clip", 0.0, probe_engine, {}),
+    ("train.early_stopping.monitor", "val/accuracy", probe_engine, {}),
+    ("train.early_stopping.mode", "max", probe_engine, {}),
+    ("train.early_stopping.patience", 3, probe_engine, {}),
+    ("train.mixed_precision", "bf16", probe_engine, {}),
+    ("train.seed", 7, probe_engine, {}),
+    ("train.resume_checkpoint", "{elsewhere}/checkpoint.pth.tar", probe_engine, {}),
+    ("train.output_dir", "{elsewhere}/other_logs", probe_run, RUN),
+    ("train.save_every", 2, probe_engine, {}),
+    ("train.progress_bar", True, probe_engine, {}),
+    ("logging.checkpoint_dir", "{elsewhere}/other_ckpt", probe_run, RUN),
     ("logging.batch_metrics", False, probe_run, RUN),
     ("logging.hist_interval", 0, probe_run, RUN),
     ("logging.export_per_class", False, probe_run, RUN),
-    ("logging.progress_bar", True, probe_engine, {}),
 ]
 
 
@@ -203,7 +203,19 @@ def leaf_fields(cls, prefix="") -> set[str]:
 
 
 def test_table_covers_every_field():
-    assert sorted(row[0] for row in ROWS) == sorted(leaf_fields(Config))
+    """Every project field has a row. The shared ``train`` section reaches the Engine as it is (next
+    test), and the shared engine's tests cover what each of its keys does; the rows above for ``train.*``
+    are the keys this project had under other names."""
+    rows, fields = {row[0] for row in ROWS}, leaf_fields(Config)
+    assert rows <= fields
+    assert sorted(rows - {f for f in fields if f.startswith("train.")}) == sorted(f for f in fields if not f.startswith("train."))
+
+
+def test_train_section_reaches_the_engine_as_it_is():
+    cfg = Config()
+    assert engine_config(cfg) == cfg.train  # only a resume path and a frozen backbone derive anything
+    derived = engine_config(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume_checkpoint="c.pth.tar")))
+    assert derived.resume and derived.resume_checkpoint == "c.pth.tar"
 
 
 def _fill(value, paths):
@@ -218,10 +230,13 @@ def _same(a, b) -> bool:
 
 @pytest.mark.parametrize("key,value,probe,base", ROWS, ids=[row[0] for row in ROWS])
 def test_field_changes_something(key, value, probe, base, env, config_factory):
-    section, name = key.split(".")
+    section, *path = key.split(".")
     base = {s: {k: _fill(v, env.paths) for k, v in values.items()} for s, values in base.items()}
     changed = {s: dict(values) for s, values in base.items()}
-    changed.setdefault(section, {})[name] = _fill(value, env.paths)
+    node = changed.setdefault(section, {})
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    node[path[-1]] = _fill(value, env.paths)
     before = probe(config_factory(env.tmp, env.demo_root, **base), env)
     after = probe(config_factory(env.tmp, env.demo_root, **changed), env)
     assert not _same(before, after), f"{key}={value!r} changed nothing that {probe.__name__} sees"
@@ -229,15 +244,15 @@ def test_field_changes_something(key, value, probe, base, env, config_factory):
 
 # ------------------------------------------------------------------------------------------ errors
 def test_unknown_key_lists_valid_keys():
-    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['training.learning_rat'\].*training.learning_rate"):
-        config_from_cli(Config, ["--training.learning_rat", "1e-3"])
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['train.lrr'\].*train.lr"):
+        config_from_cli(Config, ["--train.lrr", "1e-3"])
 
 
 def test_yaml_file_and_command_line_overrides(tmp_path):
     yaml_file = tmp_path / "run.yaml"
-    yaml_file.write_text("training:\n  learning_rate: 0.001\n  epochs: 3\nmosa:\n  depth: 4\n")
-    cfg = config_from_cli(Config, ["--config", str(yaml_file), "--training.epochs", "7", "--set", "mosa.qkv_bias=false"])
-    assert (cfg.training.learning_rate, cfg.training.epochs, cfg.mosa.depth, cfg.mosa.qkv_bias) == (1e-3, 7, 4, False)
+    yaml_file.write_text("train:\n  lr: 0.001\n  epochs: 3\nmosa:\n  depth: 4\n")
+    cfg = config_from_cli(Config, ["--config", str(yaml_file), "--train.epochs", "7", "--set", "mosa.qkv_bias=false"])
+    assert (cfg.train.lr, cfg.train.epochs, cfg.mosa.depth, cfg.mosa.qkv_bias) == (1e-3, 7, 4, False)
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -245,9 +260,9 @@ def test_yaml_file_and_command_line_overrides(tmp_path):
     (["--data.positive_class", "MCI"], "positive_class='MCI' is not in"),
     (["--backbone.pretrained", "true"], "needs backbone.pretrained_path"),
     (["--mosa.num_heads", "3"], "not divisible by mosa.num_heads=3"),
-    (["--training.alpha", "[0.5]"], "alpha has 1 values for 2 classes"),
+    (["--loss.alpha", "[0.5]"], "alpha has 1 values for 2 classes"),
     (["--data.target_size", "[64, 64]"], "target_size must be three sizes"),
-    (["--training.optimizer", "lion"], "'lion' is not one of"),
+    (["--train.optimizer", "lion"], "'lion' is not one of"),
 ])
 def test_inconsistent_settings_are_clear_errors(argv, message):
     with pytest.raises(ConfigError, match=message):

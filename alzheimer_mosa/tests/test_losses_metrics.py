@@ -7,16 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from alzheimer_mosa.config import TrainingConfig
-from alzheimer_mosa.metrics_utils import compute_metrics, per_class_report, scalar_metrics, write_json
+from alzheimer_mosa.config import LossConfig
+from alzheimer_mosa.metrics_utils import compute_metrics, per_class_report, scalar_metrics
 from alzheimer_mosa.training import make_loss
+from shared import write_json
 
 
 def test_focal_loss_matches_formula():
     logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0], [-1.0, 1.0, 0.0]])
     targets = torch.tensor([0, 1, 2])
     alpha, gamma = [0.2, 0.3, 0.5], 2.0
-    loss = make_loss(TrainingConfig(loss_fn="focal", alpha=alpha, gamma=gamma))(logits, targets)
+    loss = make_loss(LossConfig(name="focal", alpha=alpha, gamma=gamma))(logits, targets)
     expected = 0.0
     for row, t in zip(logits.tolist(), targets.tolist()):
         p_t = math.exp(row[t]) / sum(math.exp(v) for v in row)
@@ -26,7 +27,7 @@ def test_focal_loss_matches_formula():
 
 def test_focal_with_gamma_zero_and_no_alpha_is_cross_entropy():
     logits, targets = torch.randn(6, 2), torch.tensor([0, 1, 1, 0, 1, 0])
-    focal = make_loss(TrainingConfig(loss_fn="focal", gamma=0.0))(logits, targets)
+    focal = make_loss(LossConfig(name="focal", gamma=0.0))(logits, targets)
     assert focal.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, targets).item(), rel=1e-6)
 
 
@@ -34,7 +35,7 @@ def test_label_smoothing_matches_formula():
     logits, targets, eps = torch.tensor([[3.0, 0.0]]), torch.tensor([0]), 0.2
     log_p = torch.log_softmax(logits, 1)[0]
     expected = -((1 - eps + eps / 2) * log_p[0] + (eps / 2) * log_p[1])
-    loss = make_loss(TrainingConfig(label_smoothing=eps))(logits, targets)
+    loss = make_loss(LossConfig(label_smoothing=eps))(logits, targets)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 

@@ -40,7 +40,7 @@ def finished_run(tmp_path_factory, demo_root, config_factory):
 
 def test_checkpoints_hold_the_resume_state(finished_run):
     cfg, summary = finished_run
-    folder = Path(cfg.training.checkpoint_dir)
+    folder = Path(cfg.logging.checkpoint_dir)
     for name in ("checkpoint.pth.tar", "model_best.pth.tar"):
         state = load_checkpoint(folder / name)
         assert {"model", "epoch", "best_metric", "optimizer", "scheduler", "log_dir", "global_step"} <= set(state)
@@ -70,9 +70,11 @@ def test_summary_and_per_class_json(finished_run):
         assert report["confusion_matrix"]["rows_true_columns_predicted"] == ["CN", "AD"]
         assert [sum(row) for row in report["confusion_matrix"]["matrix"]] == [2, 2]
         assert set(report["classes"]["AD"]) == {"precision", "recall", "f1", "specificity", "auc", "support"}
-    for split in ("val", "best_val", "test"):
-        for figure in ("confusion_matrix", "roc", "pr"):
-            assert (run / "figures" / f"{split}_{figure}.png").stat().st_size > 1000
+    for figure in ("confusion_matrix", "roc", "pr"):  # the latest epoch's validation
+        assert (run / "figures" / f"val_{figure}.png").stat().st_size > 1000
+    for split in ("val", "test"):  # the best model (shared.evaluate_best)
+        for figure in ("confusion", "roc", "pr"):
+            assert (run / "results" / f"{split}_{figure}.png").stat().st_size > 1000
 
 
 def test_tensorboard_tags_steps_histograms_and_images(finished_run):
@@ -99,7 +101,7 @@ class SimulatedKill(Exception):
 def test_kill_and_resume_continues_global_step_without_duplicate_events(make_config, monkeypatch):
     """Checkpoint every 2 epochs, die in the middle of epoch 3, resume from the epoch-2 checkpoint:
     epoch 3 is trained again, and TensorBoard shows every step exactly once and keeps epoch 2's values."""
-    settings = {"training": {"epochs": 3, "save_freq": 2}, "logging": {"hist_interval": 0}}
+    settings = {"train": {"epochs": 3, "save_every": 2}, "logging": {"hist_interval": 0}}
     cfg = make_config(**settings)
     original = TensorBoardCallback.on_train_batch_end
 
@@ -112,13 +114,13 @@ def test_kill_and_resume_continues_global_step_without_duplicate_events(make_con
     with pytest.raises(SimulatedKill):
         train(cfg, build_mosa, "mosa")
     monkeypatch.setattr(TensorBoardCallback, "on_train_batch_end", original)
-    checkpoint = Path(cfg.training.checkpoint_dir) / "checkpoint.pth.tar"
+    checkpoint = Path(cfg.logging.checkpoint_dir) / "checkpoint.pth.tar"
     saved = load_checkpoint(checkpoint)
     assert saved["epoch"] == 2 and saved["global_step"] == 2 * STEPS_PER_EPOCH
     killed = read_events(saved["log_dir"])  # the killed run's tail, past the checkpoint, is on disk
     assert scalar_steps(killed, "Train/Batch/loss") == list(range(1, 2 * STEPS_PER_EPOCH + 3))
 
-    settings["training"]["resume"] = str(checkpoint)
+    settings["train"]["resume_checkpoint"] = str(checkpoint)
     summary = train(make_config(**settings), build_mosa, "mosa")
     assert summary["log_dir"] == saved["log_dir"]  # same log folder
     assert summary["global_step"] == 3 * STEPS_PER_EPOCH
@@ -131,17 +133,17 @@ def test_kill_and_resume_continues_global_step_without_duplicate_events(make_con
 
 
 def test_pretrained_backbone_loads_into_mosa_and_stays_frozen(make_config, tmp_path):
-    pretrain_cfg = make_config(PretrainConfig, training={"epochs": 1, "checkpoint_dir": str(tmp_path / "resnet")},
-                               logging={"hist_interval": 0})
+    pretrain_cfg = make_config(PretrainConfig, train={"epochs": 1},
+                               logging={"hist_interval": 0, "checkpoint_dir": str(tmp_path / "resnet")})
     train(pretrain_cfg, build_backbone, "resnet3d")
     weights = tmp_path / "resnet" / "model_best.pth.tar"
     pretrained = load_checkpoint(weights)["model"]
 
     mosa_cfg = make_config(backbone={"pretrained": True, "pretrained_path": str(weights), "freeze_epochs": 1},
-                           training={"epochs": 1}, logging={"hist_interval": 0})
+                           train={"epochs": 1}, logging={"hist_interval": 0})
     assert torch.equal(build_mosa(mosa_cfg).backbone.layer4[0].conv1.weight, pretrained["layer4.0.conv1.weight"])
     train(mosa_cfg, build_mosa, "mosa")
-    trained = load_checkpoint(Path(mosa_cfg.training.checkpoint_dir) / "checkpoint.pth.tar")["model"]
+    trained = load_checkpoint(Path(mosa_cfg.logging.checkpoint_dir) / "checkpoint.pth.tar")["model"]
     for key in ("conv1.weight", "layer2.0.conv2.weight", "bn1.running_mean"):
         assert torch.equal(trained[f"backbone.{key}"], pretrained[key]), key  # frozen for the only epoch
     assert not torch.equal(trained["head.1.weight"], build_mosa(mosa_cfg).head[1].weight)
@@ -151,9 +153,10 @@ def test_two_process_ddp_run_freezes_unfreezes_and_logs_once(tmp_path):
     """``torchrun`` (what ``accelerate launch`` starts) with 2 CPU processes: gloo DDP with the global
     batch split over both, the frozen-then-trained backbone, and one set of outputs."""
     script = Path(__file__).parents[1] / "train_mosa.py"
-    args = ["--training.epochs", "2", "--data.target_size", "[16,16,16]", "--backbone.model_type", "resnet10_3d",
+    args = ["--train.epochs", "2", "--data.target_size", "[16,16,16]", "--backbone.model_type", "resnet10_3d",
             "--backbone.width", "8", "--backbone.freeze_epochs", "1", "--mosa.embed_dim", "16",
-            "--data.num_workers", "0", "--data.batch_size", "8", "--logging.progress_bar", "false"]
+            "--train.num_workers", "0", "--train.batch_size", "8", "--train.progress_bar", "false",
+            "--train.mixed_precision", "no"]  # bf16 autocast on the CPU gave NaN gradients after the unfreeze
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                            str(free_port()), str(script), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -172,11 +175,11 @@ def test_two_process_ddp_run_freezes_unfreezes_and_logs_once(tmp_path):
 @pytest.mark.parametrize("weights_file, reason", [("absent.pth", "not found"), ("notes.txt", "cannot read checkpoint")])
 def test_bad_pretrained_path_is_one_line_not_a_traceback(demo_root, tmp_path, weights_file, reason):
     (tmp_path / "notes.txt").write_text("not a checkpoint")
-    argv = ["--data.data_root", str(demo_root), "--data.target_size", "[16,16,16]", "--data.num_workers", "0",
+    argv = ["--data.data_root", str(demo_root), "--data.target_size", "[16,16,16]", "--train.num_workers", "0",
             "--backbone.model_type", "resnet10_3d", "--backbone.width", "8", "--mosa.embed_dim", "16",
-            "--mosa.depth", "1", "--mosa.num_heads", "2", "--training.epochs", "1",
-            "--training.checkpoint_dir", str(tmp_path / "ckpt"), "--training.log_dir", str(tmp_path / "logs"),
-            "--logging.progress_bar", "false", "--backbone.pretrained", "true",
+            "--mosa.depth", "1", "--mosa.num_heads", "2", "--train.epochs", "1",
+            "--logging.checkpoint_dir", str(tmp_path / "ckpt"), "--train.output_dir", str(tmp_path / "logs"),
+            "--train.progress_bar", "false", "--backbone.pretrained", "true",
             "--backbone.pretrained_path", str(tmp_path / weights_file)]
     with pytest.raises(SystemExit) as exit_info:
         main(Config, build_mosa, "mosa", argv)

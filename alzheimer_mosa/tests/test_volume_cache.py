@@ -39,7 +39,7 @@ def test_training_augmentation_still_applies_to_cached_volumes(config_factory, d
 def test_other_preprocessing_builds_another_cache(config_factory, demo_root, tmp_path):
     cfg = config_factory(tmp_path, demo_root, data={"cache_dir": str(tmp_path / "cache")})
     other = config_factory(tmp_path, demo_root, data={"cache_dir": str(tmp_path / "cache"), "target_size": [12, 12, 12]})
-    records = load_split_records(cfg.data, cfg.training.seed)["val"]
+    records = load_split_records(cfg.data, cfg.train.seed)["val"]
     first = VolumeCache(cfg.data.cache_dir, records, cfg.data).build(progress=False)
     second = VolumeCache(other.data.cache_dir, records, other.data)
     assert first.ready and not second.ready and first.dir != second.dir
@@ -48,7 +48,7 @@ def test_other_preprocessing_builds_another_cache(config_factory, demo_root, tmp
 
 def test_interrupted_build_resumes(config_factory, demo_root, tmp_path, monkeypatch):
     cfg = config_factory(tmp_path, demo_root, data={"cache_dir": str(tmp_path / "cache")})
-    records = load_split_records(cfg.data, cfg.training.seed)["train"]
+    records = load_split_records(cfg.data, cfg.train.seed)["train"]
     calls = []
     real = data_loader.read_nifti
 
