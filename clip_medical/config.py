@@ -20,9 +20,9 @@ from clip_medical.models import IMAGE_ENCODERS
 ImageEncoderName = Literal[tuple(IMAGE_ENCODERS)]  # the guide's encoder names (see models/image_encoders.py)
 
 # The guide's command-line flags (--learning-rate = learning_rate) and JSON keys -> config keys. "key=value"
-# entries are flags that set a fixed value (--no-amp); a {True: ..., False: ...} entry is a JSON boolean of
-# the guide whose two values set different things ("use_amp": false is --no-amp).
-ALIASES: dict[str, Any] = {
+# entries are true/false switches that set a value (--no-amp); "key=on|off" ones set one of two values
+# ("use_amp": false is --no-amp).
+ALIASES: dict[str, str] = {
     "output_dir": "train.output_dir",
     "image_encoder": "image_encoder_name",
     "text_encoder": "text_encoder_name",
@@ -41,9 +41,8 @@ ALIASES: dict[str, Any] = {
     "no_amp": "train.mixed_precision=no",
     "no_save_best": "train.save_best=false",
     "no_pretrained": "pretrained=false",
-    "use_amp": {True: "train.mixed_precision=auto", False: "train.mixed_precision=no"},
+    "use_amp": "train.mixed_precision=auto|no",
 }
-CLI_ALIASES = {alias: target for alias, target in ALIASES.items() if isinstance(target, str)}
 
 # The guide's early-stopping monitors -> the engine's metric key and direction. Accuracy is in percent,
 # as in the guide, so "--early-stopping-min-delta 0.1" means 0.1 percentage points.
@@ -155,12 +154,12 @@ def entry_settings(entry: Mapping[str, Any]) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     for key, value in _flat(entry).items():
         target = ALIASES.get(key, key)
-        if isinstance(target, dict):  # a boolean whose two values set different things
-            target = target[True if value is None else bool(value)]
-        if "=" in target:  # a flag: true sets its value, false leaves the setting alone
-            if not value:
+        if "=" in target:  # a switch: true sets its first value, false its second (else leaves the setting)
+            target, choices = target.split("=", 1)
+            on_value, _, off_value = choices.partition("|")
+            if value is None or not (value or off_value):
                 continue
-            target, value = target.split("=", 1)
+            value = on_value if value else off_value
         if target in settings:
             raise ConfigError(f"{key} and another key of the entry both set {target}; give only one of them")
         settings[target] = _default(target) if value is None else value

@@ -21,7 +21,7 @@ import torch
 
 from shared import (ConfigError, Engine, build_image_transform, config_to_dict, evaluate_best, parse_cli,
                     process_state, write_json)
-from clip_medical.config import CLI_ALIASES, ClipTrainConfig, entry_config, read_config_file
+from clip_medical.config import ALIASES, ClipTrainConfig, entry_config, read_config_file
 from clip_medical.data import ClassFolderData, class_balanced_weights, cross_validation_folds, train_val_split
 from clip_medical.export import export_zero_shot
 from clip_medical.models import build_clip_model, tokenize
@@ -32,7 +32,7 @@ logger = logging.getLogger("clip_medical.train_clip")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> ClipTrainConfig:
-    return parse_cli(ClipTrainConfig, argv, description=__doc__, aliases=CLI_ALIASES)
+    return parse_cli(ClipTrainConfig, argv, description=__doc__, aliases=ALIASES)
 
 
 def select_gpu(gpu_id: int) -> None:

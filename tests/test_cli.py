@@ -87,6 +87,6 @@ def test_mixed_precision_accepts_yaml_booleans_and_section_aliases_leave_nothing
     aliases = {"TRAIN.epochs": "train.epochs", "TRAIN.mixed_precision": "train.mixed_precision"}
     cfg = parse_cli(RunConfig, ["--config", str(path), "--TRAIN.mixed_precision", "true"], aliases=aliases)
     assert cfg.train.epochs == 3 and cfg.train.mixed_precision is True
-    assert resolve_mixed_precision(True, cpu=True) == "bf16" and resolve_mixed_precision(False) == "no"
+    assert resolve_mixed_precision(True, cpu=True) == "no" and resolve_mixed_precision(False) == "no"
     assert parse_cli(RunConfig, ["--config", str(path)], aliases=aliases).train.mixed_precision is False
     assert parse_cli(RunConfig, ["--train.mixed_precision", "fp16"]).train.mixed_precision == "fp16"
