@@ -21,15 +21,41 @@ class DataError(ValueError):
     """The data on disk does not match what the config promises."""
 
 
+#: PIL modes with more than 8 bits per pixel (16-bit PNG/TIFF, 32-bit integer or float images).
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """Any PIL image -> an 8-bit ``L`` or ``RGB``/``RGBA``-free image that keeps its contrast.
+
+    PIL's own ``convert`` clips 16-bit values at 255, so a 16-bit X-ray would turn white. Instead a
+    high-depth image is scaled linearly from its own minimum..maximum to 0..255 (the real range, never
+    clipped; a constant image becomes black). A palette image goes through its palette; transparency is
+    composited onto black, the background of medical images.
+    """
+    if image.mode in HIGH_DEPTH_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+        return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        opaque = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        return Image.alpha_composite(opaque, image.convert("RGBA")).convert("RGB")
+    return image
+
+
 def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:
-    """Open an image fully (so truncation shows up here), converted to ``mode``; clear error otherwise."""
+    """Open an image fully (so truncation shows up here), brought to 8 bits without losing contrast
+    (:func:`to_8bit`: 16-bit images are scaled, not clipped) and converted to ``mode``; clear error otherwise."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image not found: {path}")
     try:
         with Image.open(path) as image:
             image.load()
-            return image.convert(mode)
+            return to_8bit(image).convert(mode)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"cannot read image {path}: {err}") from err
 

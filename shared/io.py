@@ -2,7 +2,8 @@
 
 Every JSON and CSV a run writes goes through here, so they all share one behaviour: written to a
 temporary name in the same folder and moved into place with ``os.replace``; NaN and infinities become
-``null`` (strict JSON readers reject ``NaN``); non-ASCII text (class names, Chinese prompts) is kept.
+``null`` (strict JSON readers reject ``NaN``); non-ASCII text (class names, Chinese prompts) is kept;
+files get the permissions the user's umask gives (not the 0600 of a temporary file).
 """
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write_fn: Callable[[str], None]) -> Path:
     """Call ``write_fn(tmp_path)``, then move the temporary file onto ``path``."""
     path = Path(path)
@@ -26,6 +33,7 @@ def atomic_write(path: str | Path, write_fn: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write_fn(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: teammates on a shared cluster could not read it
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -38,3 +38,13 @@ def test_read_json_names_the_file(tmp_path):
 def test_write_csv_formats_floats_and_nan(tmp_path):
     path = write_csv(tmp_path / "t.csv", ["class", "auroc"], [["a", 0.123456789], ["b", math.nan]])
     assert path.read_text() == "class,auroc\na,0.123457\nb,\n"
+
+
+def test_files_get_the_users_umask_not_0600(tmp_path):
+    import os
+    old = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "shared.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
