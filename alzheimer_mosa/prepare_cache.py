@@ -13,7 +13,7 @@ from typing import Sequence
 
 from alzheimer_mosa.config import Config, config_from_cli
 from alzheimer_mosa.data_loader import load_split_records, volume_caches
-from shared import ConfigError, DataError
+from shared import ConfigError, run_cli
 
 
 def prepare(cfg: Config) -> dict:
@@ -27,11 +27,8 @@ def prepare(cfg: Config) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    try:
-        return prepare(config_from_cli(Config, argv, description=__doc__))
-    except (ConfigError, DataError) as err:  # a wrong setting or bad data: its message, not a traceback
-        raise SystemExit(f"{type(err).__name__}: {err}") from None
+    return prepare(config_from_cli(Config, argv, description=__doc__))
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -9,6 +9,7 @@ checkpoints/resnet3d/model_best.pth.tar [--backbone.freeze_epochs 2]``. ``--help
 from alzheimer_mosa.config import PretrainConfig
 from alzheimer_mosa.model_builder import build_backbone
 from alzheimer_mosa.training import main as train_main
+from shared import run_cli
 
 
 def main(argv=None) -> dict:
@@ -16,4 +17,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

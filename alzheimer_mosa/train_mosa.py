@@ -9,6 +9,7 @@ Without ``data.data_root`` it trains on a small synthetic demo set. ``--help`` l
 from alzheimer_mosa.config import Config
 from alzheimer_mosa.model_builder import build_mosa
 from alzheimer_mosa.training import main as train_main
+from shared import run_cli
 
 
 def main(argv=None) -> dict:
@@ -16,4 +17,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

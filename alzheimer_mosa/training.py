@@ -19,12 +19,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, set_seed
 from torch import nn
 
-from shared import (CheckpointError, ConfigError, DataError, Engine, FocalLoss, NonFiniteLossError, TrainConfig,
-                    load_checkpoint, process_state)
+from shared import Engine, FocalLoss, TrainConfig, load_checkpoint, process_state
 from alzheimer_mosa.callbacks import BackboneFreezeCallback, TensorBoardCallback, VolumeClassificationTask
 from alzheimer_mosa.config import Config, LossConfig, config_from_cli, validate_config
 from alzheimer_mosa.data_loader import build_datasets
@@ -77,7 +75,7 @@ def train(cfg: Config, build_model: Callable[[Config], nn.Module], run_name: str
     """Train, pick the best epoch, evaluate it on val (and test), export it; returns the ``summary_all.json`` payload."""
     validate_config(cfg)
     state = process_state()  # first: makes a CPU multi-process launch gloo DDP
-    torch.manual_seed(cfg.train.seed)
+    set_seed(cfg.train.seed)  # Python, NumPy and torch: the data, the model's initialisation
     with state.main_process_first():  # the demo set is written once
         datasets = build_datasets(cfg)
     model = build_model(cfg)
@@ -112,14 +110,10 @@ def summary_line(summary: dict[str, Any]) -> str:
 
 def main(config_cls: type[Config], build_model: Callable[[Config], nn.Module], run_name: str,
          argv: Sequence[str] | None = None, description: str = "") -> dict[str, Any]:
-    """Command-line entry of both scripts: parse the config, train, print the closing line.
-
-    A wrong setting, bad data, an unusable checkpoint or a NaN loss ends with its message, not a traceback."""
+    """Command-line entry of both scripts: parse the config, train, print the closing line. Run through
+    ``shared.run_cli``, a wrong setting, bad data, an unusable checkpoint or a NaN loss ends in one line."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        summary = train(config_from_cli(config_cls, argv, description), build_model, run_name)
-    except (ConfigError, DataError, CheckpointError, NonFiniteLossError) as err:
-        raise SystemExit(f"{type(err).__name__}: {err}") from None
+    summary = train(config_from_cli(config_cls, argv, description), build_model, run_name)
     if process_state().is_main_process:
         print(summary_line(summary))
     return summary

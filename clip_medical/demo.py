@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from transformers import BertConfig, BertModel, BertTokenizer
 
-from shared import parse_cli, write_json
+from shared import parse_cli, run_cli, write_json
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -114,4 +114,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from shared import parse_cli, scan_class_folders, write_json
+from shared import parse_cli, run_cli, scan_class_folders, write_json
 from clip_medical.data import format_template
 
 DEFAULT_TEMPLATE = "这是一张{class_name}的医学图像"
@@ -54,4 +54,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

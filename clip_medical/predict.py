@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
-from shared import CheckpointError, DataError, build_image_transform, load_export, parse_cli, write_csv
+from shared import CheckpointError, DataError, build_image_transform, load_export, parse_cli, run_cli, write_csv
 from shared.data import IMAGE_EXTENSIONS
 from clip_medical.data import ImageLabelDataset, load_class_texts_file
 from clip_medical.export import ZeroShotClassifier
@@ -105,4 +105,4 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

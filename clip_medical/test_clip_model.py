@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from shared import parse_cli
+from shared import parse_cli, run_cli
 from clip_medical.models import IMAGE_ENCODERS, build_clip_model, build_image_encoder, load_text_encoder, tokenize
 
 SAMPLE_TEXTS = ["这是一张正常的胸部X光图像", "这是一张显示肺炎病变的胸部X光图像"]
@@ -99,4 +99,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -18,9 +18,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from accelerate.utils import set_seed
 
 from shared import (ConfigError, Engine, build_image_transform, config_to_dict, evaluate_best, parse_cli,
-                    process_state, write_json)
+                    process_state, run_cli, write_json)
 from clip_medical.config import ALIASES, ClipTrainConfig, entry_config, read_config_file
 from clip_medical.data import ClassFolderData, class_balanced_weights, cross_validation_folds, train_val_split
 from clip_medical.export import export_zero_shot
@@ -57,6 +58,7 @@ def train_split(cfg: ClipTrainConfig, data: ClassFolderData, train_idx: np.ndarr
                 run_dir: Path) -> dict[str, Any]:
     """Train a fresh model on one split; evaluate the best checkpoint (or, without one, the final model)
     with shared.evaluate_best, export it, and return the run's summary (its row of cv_summary.json)."""
+    set_seed(cfg.train.seed)  # each fold's fresh model starts from the same seeded initialisation
     model, tokenizer = build_clip_model(cfg.image_encoder_name, cfg.text_encoder_name, cfg.embed_dim,
                                         cfg.temperature, cfg.img_size, pretrained_image=cfg.pretrained)
     tokens = tokenize(tokenizer, data.class_texts)
@@ -140,4 +142,4 @@ def main(argv: Sequence[str] | None = None) -> Any:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

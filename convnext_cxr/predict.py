@@ -21,7 +21,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import convnext_cxr.model  # noqa: E402,F401  (registers the convnext_cxr export builder)
-from shared import CheckpointError, build_image_transform, load_export, load_image, parse_cli, write_json  # noqa: E402
+from shared import (CheckpointError, build_image_transform, load_export, load_image, parse_cli,  # noqa: E402
+                    run_cli, write_json)
 from shared.data import IMAGE_EXTENSIONS  # noqa: E402
 
 
@@ -95,4 +96,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -11,6 +11,7 @@ from typing import Sequence
 
 from convnext_cxr.config import parse_config
 from convnext_cxr.dataset import split_caches, split_cxr_records
+from shared import run_cli
 
 
 def main(argv: Sequence[str] | None = None) -> list:
@@ -26,4 +27,4 @@ def main(argv: Sequence[str] | None = None) -> list:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -16,7 +16,7 @@ from convnext_cxr.config import parse_config
 from convnext_cxr.dataset import build_datasets
 from convnext_cxr.loss import build_criterion
 from convnext_cxr.model import build_model, export_architecture
-from shared import Engine, ImageNormalize, MultiLabelTask, evaluate_best, export_model, process_state
+from shared import Engine, ImageNormalize, MultiLabelTask, evaluate_best, export_model, process_state, run_cli
 from shared.cxr14 import cxr_preprocessing, format_finding_table
 
 
@@ -49,4 +49,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -23,8 +23,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
-from shared import (CheckpointError, ConfigError, build_image_transform, load_export, load_image,  # noqa: E402
-                    parse_cli, read_export_info)
+from shared import (CheckpointError, ConfigError, build_image_transform, load_export, load_image, parse_cli,
+                    read_export_info, run_cli)
 
 
 @dataclass
@@ -102,4 +102,4 @@ def main(argv: Sequence[str] | None = None) -> list[tuple[str, float]]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

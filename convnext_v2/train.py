@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -25,8 +26,8 @@ from convnext_v2.data import AugmentConfig, build_eval_transform, build_train_tr
 from convnext_v2.mixing import MixConfig, MixUpCutMix
 from convnext_v2.model import architecture, create_model
 from convnext_v2.task import ClassificationTask, best_is_ema, plot_curves
-from shared import ConfigError, EarlyStoppingConfig, Engine, IMAGENET_MEAN, IMAGENET_STD, Preprocessing, \
-    SoftTargetCrossEntropy, TrainConfig, evaluate_best, export_model, parse_cli
+from shared import (ConfigError, EarlyStoppingConfig, Engine, IMAGENET_MEAN, IMAGENET_STD, Preprocessing,
+                    SoftTargetCrossEntropy, TrainConfig, evaluate_best, export_model, parse_cli, run_cli)
 
 DESCRIPTION = "Train a ConvNeXt V1/V2 classifier on class folders."
 
@@ -115,6 +116,7 @@ def main(argv: Sequence[str] | None = None, defaults: type[RunConfig] = RunConfi
     cfg = parse_config(argv, defaults, description)
     datasets = build_datasets(cfg)
     class_names = datasets[0].class_names
+    set_seed(cfg.train.seed)  # the model's random initialisation is part of the seeded run
     model = create_model(cfg.model, num_classes=len(class_names), drop_path_rate=cfg.drop_path_rate,
                          pretrained={"": False, "hub": True}.get(cfg.pretrained, cfg.pretrained))
     engine = build_engine(cfg, model, datasets[0], datasets[1], class_names=class_names)
@@ -144,4 +146,4 @@ def __getattr__(name: str):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

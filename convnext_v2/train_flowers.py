@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from convnext_v2.train import RunConfig, default_train_config, main as train_main
-from shared import TrainConfig
+from shared import TrainConfig, run_cli
 
 
 @dataclass
@@ -32,4 +32,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

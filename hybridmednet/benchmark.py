@@ -23,7 +23,7 @@ from hybridmednet.models.attention import ATTENTION_SETTINGS
 from hybridmednet.models.backbones import BACKBONES
 from hybridmednet.models.hybrid_med_net import HybridMedNet
 from hybridmednet.profiling import count_flops, count_parameters, median_latency, peak_memory
-from shared import ConfigError, parse_cli, write_json
+from shared import ConfigError, parse_cli, run_cli, write_json
 
 SMALL_BACKBONES = ["convnext_tiny", "swin_tiny", "efficientnetv2_s", "resnet34", "vim_tiny"]
 
@@ -133,4 +133,4 @@ def main(argv: Sequence[str] | None = None) -> list[BenchmarkRow]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

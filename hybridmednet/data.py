@@ -30,5 +30,5 @@ def build_datasets(config) -> CXRSplits:
                                       seed=config.train.seed, keys=("DATA.data_dir", "DATA.labels_file", "DATA.demo"))
     records = split_dataset(image_dir, csv_path, fractions=(data["train_split"], data["val_split"], data["test_split"]),
                             seed=config.train.seed, train_val_list=data["train_val_list"], test_list=data["test_list"],
-                            on_bad_image=data["on_bad_image"])
+                            on_bad_image=data["on_bad_image"], on_bad_image_key="DATA.on_bad_image")
     return CXRSplits.from_records(records, build_transform(data, train=True), build_transform(data, train=False))

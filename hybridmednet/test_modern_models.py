@@ -18,7 +18,7 @@ from hybridmednet.benchmark import build_variant, names
 from hybridmednet.models.attention import ATTENTION_SETTINGS
 from hybridmednet.models.backbones import BACKBONES
 from hybridmednet.profiling import count_parameters
-from shared import parse_cli
+from shared import parse_cli, run_cli
 
 
 @dataclass
@@ -61,4 +61,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -17,7 +17,7 @@ import numpy as np
 from accelerate.utils import set_seed
 from torch.utils.data import Dataset
 
-from shared import Callback, Engine, config_to_dict, evaluate_best, export_model, parse_cli, process_state
+from shared import Callback, Engine, config_to_dict, evaluate_best, export_model, parse_cli, process_state, run_cli
 from shared.cxr14 import FINDINGS, cxr_preprocessing, format_finding_table
 
 from hybridmednet.configs.default_config import SOURCE_ALIASES, Config
@@ -80,4 +80,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -11,7 +11,7 @@ from timm.utils import ModelEmaV3
 
 from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint, \
     strip_module_prefix
-from .cli import parse_cli
+from .cli import parse_cli, run_cli
 from .config import ConfigError, config_from_dict, config_to_dict, load_config, parse_overrides, save_config
 from .data import DataError, IMAGENET_MEAN, IMAGENET_STD, ImageNormalize, build_image_transform, \
     find_unreadable_images,     group_split, load_image, pre_crop_size, scan_class_folders, stratified_split
@@ -27,7 +27,7 @@ from .tasks import MultiClassTask, MultiLabelTask
 from .plots import plot_confusion_matrix, plot_pr_curves, plot_roc_curves, plot_training_curves
 
 __all__ = [
-    "ModelEmaV3", "parse_cli", "class_probabilities", "evaluate_best", "write_split_results", "Preprocessing",
+    "ModelEmaV3", "parse_cli", "run_cli", "class_probabilities", "evaluate_best", "write_split_results", "Preprocessing",
     "load_export", "read_export_info", "register_model", "atomic_write", "read_json", "write_csv", "write_json",
     "CheckpointError", "export_model", "load_checkpoint", "load_model_weights", "save_checkpoint",
     "strip_module_prefix", "ConfigError", "config_from_dict", "config_to_dict", "load_config", "parse_overrides", "save_config",

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import re
 import sys
 import typing
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from .config import ConfigError, config_to_dict, load_config
 
@@ -125,3 +126,27 @@ def parse_cli(cls: type[T], argv: Sequence[str] | None = None, *, description: s
             rest.append(arg)
         i += 1
     return load_config(cls, config_path, _fill_flag_values(rest), aliases=aliases)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "fix your config, data or checkpoint", not "the code is broken"."""
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .engine import NonFiniteLossError
+    return ConfigError, DataError, CheckpointError, NonFiniteLossError
+
+
+def run_cli(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> Any:
+    """Run an entry point's ``main(argv)``. A user error ends in one line on stderr (what, where, how to
+    fix) and exit code 1, not a chained traceback; ``--debug`` or ``MEDCLS_DEBUG=1`` shows the traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("MEDCLS_DEBUG", "") not in ("", "0")
+    argv = [arg for arg in argv if arg != "--debug"]
+    try:
+        return main(argv)
+    except user_errors() as err:
+        if debug:
+            raise
+        message = " ".join(str(err).split("\n")[0].split())  # the first line: the one that says what to fix
+        more = " (--debug shows the rest)" if "\n" in str(err) else ""
+        raise SystemExit(f"error: {type(err).__name__}: {message}{more}") from None

@@ -112,14 +112,15 @@ def index_images(image_dir: str | Path) -> dict[str, Path]:
 
 
 def load_records(csv_path: str | Path, image_dir: str | Path, findings: Sequence[str] = FINDINGS,
-                 on_bad_image: str = "error") -> CXRRecords:
+                 on_bad_image: str = "error", on_bad_image_key: str = "data.on_bad_image") -> CXRRecords:
     """Join the CSV with the images on disk.
 
     ``on_bad_image="error"`` stops with the first few missing files named; ``"skip"`` also decodes
-    every image once, drops the missing or unreadable ones and prints how many.
+    every image once, drops the missing or unreadable ones and prints how many. ``on_bad_image_key`` is
+    the setting's name in the calling project's config, for the messages.
     """
     if on_bad_image not in ("error", "skip"):
-        raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+        raise DataError(f"{on_bad_image_key} must be 'error' or 'skip', got {on_bad_image!r}")
     table = read_label_csv(csv_path, findings)
     on_disk = index_images(image_dir)
     paths = [on_disk.get(name, Path(image_dir) / name) for name in table["image"]]
@@ -128,7 +129,7 @@ def load_records(csv_path: str | Path, image_dir: str | Path, findings: Sequence
     if on_bad_image == "skip":
         bad += find_unreadable_images([p for name, p in zip(table["image"], paths) if name in on_disk])
     if bad and on_bad_image == "error":
-        raise DataError(describe_bad_images(bad) + "\nSet data.on_bad_image: skip to train without them.")
+        raise DataError(describe_bad_images(bad) + f"\nSet {on_bad_image_key}: skip to train without them.")
     keep = np.ones(len(table), dtype=bool)
     if bad:
         bad_paths = {p for p, _ in bad}
@@ -212,9 +213,10 @@ def locate_data(image_dir: str | Path, labels_csv: str | Path, *, demo_dir: str 
 
 def split_dataset(image_dir: str | Path, csv_path: str | Path, *, findings: Sequence[str] = FINDINGS,
                   fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 42, train_val_list: str = "",
-                  test_list: str = "", on_bad_image: str = "error") -> tuple[CXRRecords, CXRRecords, CXRRecords]:
+                  test_list: str = "", on_bad_image: str = "error", on_bad_image_key: str = "data.on_bad_image"
+                  ) -> tuple[CXRRecords, CXRRecords, CXRRecords]:
     """The labelled images on disk, split by patient (NIH's official lists when both are given)."""
-    records = load_records(csv_path, image_dir, findings, on_bad_image)
+    records = load_records(csv_path, image_dir, findings, on_bad_image, on_bad_image_key)
     return split_records(records, fractions, seed, train_val_list or None, test_list or None)
 
 

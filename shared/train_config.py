@@ -5,6 +5,7 @@ Every field carries a one-line ``# comment``; ``shared.cli`` builds ``--help`` f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 #: The values ``TrainConfig.mixed_precision`` accepts (resolved by ``shared.accelerator.resolve_mixed_precision``).
 MIXED_PRECISION_CHOICES = ("bf16", "fp16", "no", "auto")
@@ -34,7 +35,7 @@ class TrainConfig:
     min_lr: float = 1e-6  # learning rate at the end of the cosine decay (the floor of step/plateau)
     weight_decay: float = 0.05  # never applied to norms, biases or model.no_weight_decay() params
     momentum: float = 0.9  # sgd only
-    scheduler: str = "cosine"  # cosine | step | plateau | none (stepped every optimizer update)
+    scheduler: Literal["cosine", "step", "plateau", "none"] = "cosine"  # stepped every optimizer update (plateau: each epoch)
     warmup_epochs: float = 1.0  # linear warmup length in epochs (fractions allowed), stepped per update
     warmup_start_factor: float = 0.01  # warmup starts at lr * this, never at 0
     decay_epochs: float = 30.0  # step scheduler interval; plateau patience
@@ -50,7 +51,9 @@ class TrainConfig:
     seed: int = 42  # seeds Python, NumPy and torch, and the data order
     resume: bool = False  # continue from resume_checkpoint: weights, optimizer, schedule, RNG and history
     resume_checkpoint: str = ""  # default: <output_dir>/checkpoints/checkpoint_latest.pth
+    overwrite: bool = False  # True: start afresh in a folder that holds a run (its checkpoints, history and TensorBoard events are deleted first)
     save_every: int = 1  # epochs between checkpoint_latest writes (the last epoch is always saved)
+    save_every_steps: int = 0  # > 0: also write checkpoint_latest every N optimizer steps, mid-epoch (resumed exactly); 0 = off
     save_best: bool = True  # False: still track the best metric, but write no checkpoint_best*.pth
     channels_last: str = "auto"  # auto (= on CUDA) | true | false
     compile: bool = False  # torch.compile through Accelerate's dynamo plugin
@@ -58,6 +61,6 @@ class TrainConfig:
     limit_train_batches: int = 0  # > 0: stop each epoch after this many batches (smoke tests)
     progress_bar: bool = True  # show a tqdm progress bar per epoch on the main process
     find_unused_parameters: bool = False  # DDP option for models with conditionally used branches
-    tracker: str = "tensorboard"  # tensorboard | none
+    tracker: Literal["tensorboard", "none"] = "tensorboard"  # where scalars are logged
     log_scalars: bool = True  # False: the engine logs no scalars itself (callbacks log via engine.tensorboard)
     full_best_checkpoint: bool = False  # True: checkpoint_best also holds the resume state, like checkpoint_latest

@@ -90,3 +90,39 @@ def test_mixed_precision_accepts_yaml_booleans_and_section_aliases_leave_nothing
     assert resolve_mixed_precision(True, cpu=True) == "no" and resolve_mixed_precision(False) == "no"
     assert parse_cli(RunConfig, ["--config", str(path)], aliases=aliases).train.mixed_precision is False
     assert parse_cli(RunConfig, ["--train.mixed_precision", "fp16"]).train.mixed_precision == "fp16"
+
+
+def test_run_cli_turns_user_errors_into_one_line_and_debug_shows_the_traceback(monkeypatch):
+    from shared import DataError, run_cli
+
+    def main(argv):
+        if argv == ["boom"]:
+            raise DataError("image not found: x.png\nand a second line")
+        if argv == ["bug"]:
+            raise KeyError("a programming error")
+        return argv
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, ["boom"])
+    assert exit_info.value.code == "error: DataError: image not found: x.png (--debug shows the rest)"
+    with pytest.raises(DataError, match="second line"):
+        run_cli(main, ["boom", "--debug"])
+    monkeypatch.setenv("MEDCLS_DEBUG", "1")
+    with pytest.raises(DataError):
+        run_cli(main, ["boom"])
+    with pytest.raises(KeyError):  # a bug is not a user error: its traceback stays
+        run_cli(main, ["bug"])
+    assert run_cli(main, ["a", "--debug"]) == ["a"]
+
+
+def test_an_entry_point_reports_a_bad_enum_value_in_one_line_naming_the_key():
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(repo / "convnext_cxr" / "train.py"), "--train.scheduler", "cosin"],
+                            capture_output=True, text=True, timeout=120, cwd=repo)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ConfigError: train.scheduler: 'cosin' is not one of ['cosine', 'step', 'plateau', 'none']")

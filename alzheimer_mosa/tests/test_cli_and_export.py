@@ -7,12 +7,12 @@ import pytest
 import torch
 from timm.scheduler import StepLRScheduler
 
-from alzheimer_mosa import training
+from alzheimer_mosa import train_mosa, training
 from alzheimer_mosa.augment import export_preprocessing
 from alzheimer_mosa.config import Config, config_from_cli
 from alzheimer_mosa.model_builder import PROJECT, architecture, build_backbone, build_mosa
 from alzheimer_mosa.training import engine_config, main
-from shared import Engine, FocalLoss, export_model, load_export, read_json
+from shared import Engine, FocalLoss, export_model, load_export, read_json, run_cli
 
 TINY_ARGV = ["--data.target_size", "[16,16,16]", "--backbone.model_type", "resnet10_3d", "--backbone.width", "8",
              "--mosa.embed_dim", "16", "--mosa.depth", "1", "--mosa.num_heads", "2", "--train.warmup_epochs", "0",
@@ -59,9 +59,9 @@ def test_source_document_spellings_reach_the_config_optimizer_and_loss(demo_root
 
 def test_both_spellings_of_one_key_is_an_error_and_help_lists_both(capsys):
     with pytest.raises(SystemExit, match="another name for train.lr"):
-        main(Config, build_mosa, "mosa", ["--training.learning_rate", "1e-3", "--train.lr", "1e-4"])
+        run_cli(train_mosa.main, ["--training.learning_rate", "1e-3", "--train.lr", "1e-4"])
     with pytest.raises(SystemExit) as exit_info:
-        main(Config, build_mosa, "mosa", ["--help"])
+        run_cli(train_mosa.main, ["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "--train.lr " in text and "--loss.name " in text and "--training.learning-rate -> train.lr" in text

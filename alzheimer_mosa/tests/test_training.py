@@ -10,11 +10,12 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from alzheimer_mosa import train_mosa
 from alzheimer_mosa.callbacks import TensorBoardCallback
-from alzheimer_mosa.config import Config, PretrainConfig
+from alzheimer_mosa.config import PretrainConfig
 from alzheimer_mosa.model_builder import build_backbone, build_mosa
-from alzheimer_mosa.training import main, train
-from shared import load_checkpoint
+from alzheimer_mosa.training import train
+from shared import load_checkpoint, run_cli
 from shared.testing import free_port, scalar_steps as logged_steps
 
 STEPS_PER_EPOCH = 2  # 8 training volumes in batches of 4
@@ -182,7 +183,7 @@ def test_bad_pretrained_path_is_one_line_not_a_traceback(demo_root, tmp_path, we
             "--train.progress_bar", "false", "--backbone.pretrained", "true",
             "--backbone.pretrained_path", str(tmp_path / weights_file)]
     with pytest.raises(SystemExit) as exit_info:
-        main(Config, build_mosa, "mosa", argv)
+        run_cli(train_mosa.main, argv)
     message = str(exit_info.value.code)
-    assert message.startswith("CheckpointError: ") and "\n" not in message
+    assert message.startswith("error: CheckpointError: ") and "\n" not in message
     assert reason in message and weights_file in message

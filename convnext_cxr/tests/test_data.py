@@ -73,8 +73,13 @@ def test_missing_image_is_named(tmp_path, tiny_cxr):
     table = pd.read_csv(csv_path)
     table.loc[len(table)] = ["99999999_000.png", "Mass", 0, 99999999]
     table.to_csv(tmp_path / "labels.csv", index=False)
-    with pytest.raises(DataError, match=r"(?s)1 unreadable or missing image.*not found: .*99999999_000.png"):
+    with pytest.raises(DataError, match=r"(?s)1 unreadable or missing image.*not found: .*99999999_000.png"
+                                        r".*Set data.on_bad_image: skip"):
         load_records(tmp_path / "labels.csv", image_dir)
+    with pytest.raises(DataError, match=r"Set DATA.on_bad_image: skip"):  # hybridmednet's spelling of the key
+        load_records(tmp_path / "labels.csv", image_dir, on_bad_image_key="DATA.on_bad_image")
+    with pytest.raises(DataError, match=r"DATA.on_bad_image must be 'error' or 'skip', got 'ignore'"):
+        load_records(tmp_path / "labels.csv", image_dir, on_bad_image="ignore", on_bad_image_key="DATA.on_bad_image")
     records = load_records(tmp_path / "labels.csv", image_dir, on_bad_image="skip")
     assert len(records) == 90
 
