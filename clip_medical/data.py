@@ -76,10 +76,7 @@ class ClassFolderData:
 
     @classmethod
     def scan(cls, data_dir: str, class_texts_file: str | None = None, text_template: str | None = None):
-        samples, class_names = scan_class_folders(data_dir)
-        if len(class_names) < 2:
-            raise DataError(f"{data_dir} holds a single class folder {class_names}; "
-                            "zero-shot classification needs at least two classes")
+        samples, class_names = scan_class_folders(data_dir)  # refuses a single class folder
         paths = [path for path, _ in samples]
         labels = np.array([label for _, label in samples], dtype=np.int64)
         return cls(paths, labels, class_names, resolve_class_texts(class_names, class_texts_file, text_template))

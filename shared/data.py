@@ -82,7 +82,8 @@ def scan_class_folders(root: str | Path, extensions: Sequence[str] = IMAGE_EXTEN
     """``root/<class>/<file>`` -> ([(path, class_index)], sorted class names).
 
     An absent root, a root without class folders, or an empty class folder is an error, because
-    each silently shifts the label indices.
+    each silently shifts the label indices; so is a single class folder (a "classifier" of one class
+    reaches accuracy 1.0 and means nothing).
     """
     root = Path(root)
     if not root.is_dir():
@@ -90,6 +91,9 @@ def scan_class_folders(root: str | Path, extensions: Sequence[str] = IMAGE_EXTEN
     class_names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_names:
         raise DataError(f"no class folders in {root}; expected {root}/<class_name>/<image files>")
+    if len(class_names) == 1:
+        raise DataError(f"{root} holds one class folder ({class_names[0]!r}); a classifier needs at least two: "
+                        f"put each class's images in its own folder under {root}")
     samples = []
     for index, name in enumerate(class_names):
         files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in extensions and p.is_file())

@@ -64,7 +64,7 @@ def test_empty_class_folder_single_class_and_missing_dir_are_errors(tmp_path):
         ClassFolderData.scan(str(tmp_path / "nowhere"))
     (tmp_path / "a").mkdir()
     Image.new("L", (8, 8)).save(tmp_path / "a" / "x.png")
-    with pytest.raises(DataError, match="single class folder"):
+    with pytest.raises(DataError, match="holds one class folder .'a'.; a classifier needs at least two"):
         ClassFolderData.scan(str(tmp_path))
     (tmp_path / "b").mkdir()
     with pytest.raises(DataError, match=r"class folder .*b has no files"):
