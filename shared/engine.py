@@ -5,13 +5,16 @@ predictions become metrics); the :class:`Engine` owns everything else: DDP and m
 Accelerate, gradient accumulation and clipping, a per-step warmup + cosine (or step/plateau) schedule
 from timm, model EMA (timm ``ModelEmaV3``), evaluation of the raw and EMA weights with
 ``gather_for_metrics``, early stopping, TensorBoard logging with a global step that continues across
-resumes, atomic checkpoints with full resume state, and a guard that stops on a non-finite loss.
+resumes, atomic checkpoints with full resume state, and a guard that stops on a non-finite loss. A folder
+that holds a run is never overwritten (``run_folder``); SIGTERM/SIGINT save a mid-epoch checkpoint and exit
+(``preemption``).
 
 ``TrainConfig.batch_size`` is the GLOBAL batch: each of ``N`` processes loads
 ``batch_size / (N * grad_accum_steps)`` samples per step, so a recipe means the same on 1 or 8 GPUs.
 
 Its parts live in small modules, re-exported here: ``train_config``, ``interfaces`` (Task, Callback),
-``early_stopping``, ``accelerator`` (device, the precision rule), ``optim``, ``loaders`` and ``resume``.
+``early_stopping``, ``accelerator`` (device, the precision rule), ``optim``, ``loaders``, ``resume``,
+``run_folder`` and ``preemption``.
 """
 from __future__ import annotations
 
@@ -37,7 +40,9 @@ from .interfaces import Callback, Task
 from .io import write_json
 from .loaders import channels_last_batch, make_loader, per_device_batch
 from .optim import create_optimizer, create_scheduler, fused_optimizer_kwargs
+from .preemption import EpochProgress, Preemption
 from .resume import checkpoint_state, load_resume_state, plain, resume_path
+from .run_folder import prepare_run_folder
 from .train_config import MIXED_PRECISION_CHOICES, EarlyStoppingConfig, TrainConfig
 
 __all__ = ["Callback", "EarlyStopping", "EarlyStoppingConfig", "Engine", "MIXED_PRECISION_CHOICES",
@@ -74,7 +79,9 @@ class Engine:
         if task.class_names is not None:
             self.checkpoint_extra["class_names"] = list(task.class_names)
         self.run_config = run_config
-        self.accelerator = make_accelerator(cfg, self.output_dir, log_dir or self.output_dir / "logs")
+        log_dir = Path(log_dir or self.output_dir / "logs")
+        self.accelerator = make_accelerator(cfg, self.output_dir, log_dir)
+        prepare_run_folder(self, log_dir / project_name)  # refuses to overwrite a run; removes stale .tmp files
         set_seed(cfg.seed)
         acc = self.accelerator
 
@@ -106,7 +113,8 @@ class Engine:
         self.early_stopping = EarlyStopping(es.mode, es.patience, es.min_delta)
         self.best_metric: float | None = None
         self.best_ema_metric: float | None = None
-        self.start_epoch = 0
+        self.start_epoch, self.partial_epoch = 0, None  # partial_epoch: a mid-epoch checkpoint's progress
+        self.preemption = Preemption()  # SIGTERM/SIGINT during fit: save, print the resume command, exit
         self.global_step = 0
         self.epoch = 0
         self.history: list[dict] = []
@@ -172,16 +180,12 @@ class Engine:
     def train_one_epoch(self) -> dict[str, float]:
         acc, cfg, model = self.accelerator, self.cfg, self.model
         model.train()
-        loss_sum = torch.zeros((), device=acc.device)
-        scalar_sums: dict[str, torch.Tensor] = {}  # other 0-d outputs of training_step, e.g. accuracy
-        window_sum = torch.zeros((), device=acc.device)
-        nonfinite = torch.zeros((), device=acc.device)
-        batches, window_batches, window_start = 0, 0, self.global_step
+        p = EpochProgress.start(self)  # running loss sums; a resumed mid-epoch checkpoint's, if any
         grad_norm = None
-        bar = tqdm(total=self.batches_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+        bar = tqdm(total=self.batches_per_epoch, initial=p.batches, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                    disable=not (acc.is_local_main_process and cfg.progress_bar), leave=False)
-        for batch in self.train_loader:
-            if batches >= self.batches_per_epoch:
+        for batch in p.loader(self.train_loader):  # skips the batches a mid-epoch checkpoint already did
+            if p.batches >= self.batches_per_epoch:
                 break
             batch = self._prepare_batch(batch)
             with acc.accumulate(model):
@@ -193,16 +197,7 @@ class Engine:
                     grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-            detached = loss.detach().float()
-            nonfinite += ~torch.isfinite(detached)
-            finite_loss = torch.nan_to_num(detached, nan=0.0, posinf=0.0, neginf=0.0)
-            loss_sum += finite_loss
-            window_sum += finite_loss
-            for key, value in outputs.items():
-                if key != "loss" and isinstance(value, torch.Tensor) and value.ndim == 0:
-                    scalar_sums[key] = scalar_sums.get(key, 0.0) + value.detach().float()
-            batches += 1
-            window_batches += 1
+            p.add(loss, outputs)
             bar.update(1)
             if acc.sync_gradients:
                 self.global_step += 1
@@ -211,23 +206,21 @@ class Engine:
                 if self.scheduler is not None:
                     self.scheduler.step_update(num_updates=self.global_step)
                 if self.global_step % cfg.log_every == 0:
-                    self._check_finite(nonfinite, window_start)
+                    self._check_finite(p.nonfinite, p.window_start)
                     # step-level tags differ from the epoch-level train/* ones, so no tag repeats a step
-                    values = {"train_step/loss": acc.reduce(window_sum, "mean").item() / window_batches,
+                    values = {"train_step/loss": acc.reduce(p.window_sum, "mean").item() / p.window_batches,
                               "train_step/lr": self.optimizer.param_groups[0]["lr"]}
                     if grad_norm is not None:
                         values["train_step/grad_norm"] = float(grad_norm)
                     self.log(values)
                     bar.set_postfix(loss=f"{values['train_step/loss']:.4f}")
-                    window_sum.zero_()
-                    window_batches, window_start = 0, self.global_step
+                    p.reset_window(self.global_step)
             for callback in self.callbacks:  # global_step already counts this batch's optimizer step
                 callback.on_train_batch_end(self, batch, outputs)
+            self.preemption.after_step(self, p)  # save_every_steps; on SIGTERM/SIGINT save and exit
         bar.close()
-        self._check_finite(nonfinite, window_start)
-        means = {f"train/{key}": acc.reduce(total, "mean").item() / max(batches, 1) for key, total in scalar_sums.items()}
-        return {"train/loss": acc.reduce(loss_sum, "mean").item() / max(batches, 1), **means,
-                "train/lr": self.optimizer.param_groups[0]["lr"]}
+        self._check_finite(p.nonfinite, p.window_start)
+        return p.means(acc, self.optimizer)
 
     @torch.no_grad()
     def predict(self, loader: Iterable, model: nn.Module | None = None) -> dict[str, np.ndarray]:
@@ -269,6 +262,7 @@ class Engine:
             # collector's reach keeps the workers' collections from writing to, and so copying, the
             # parent's memory pages (the gc.freeze recipe); measured in bench/data_pipeline.py.
             gc.freeze()
+        self.preemption.install()
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 self.epoch = epoch
@@ -303,7 +297,8 @@ class Engine:
                         self._save("best_ema", epoch + 1, metrics)
                 self.history.append(plain(metrics))
                 last = epoch + 1 == cfg.epochs or self.early_stopping.should_stop
-                if (epoch + 1) % cfg.save_every == 0 or last:
+                saved = (epoch + 1) % cfg.save_every == 0 or last
+                if saved:
                     self._save("latest", epoch + 1, metrics)
                 self.log(metrics)
                 self._write_history()
@@ -311,6 +306,7 @@ class Engine:
                 for callback in self.callbacks:
                     callback.on_epoch_end(self, epoch, metrics)
                 acc.wait_for_everyone()
+                self.preemption.after_epoch(self, saved)  # a signal during validation: stop here
                 if self.early_stopping.should_stop:
                     acc.print(f"early stopping: {monitor} did not improve by more than "
                               f"{cfg.early_stopping.min_delta} for {cfg.early_stopping.patience} epochs")
@@ -320,6 +316,7 @@ class Engine:
             raise
         finally:
             gc.unfreeze()  # frozen objects would otherwise outlive the run (and miss the clean-up at exit)
+            self.preemption.restore()
         return self.history
 
     def _write_history(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
+from timm.scheduler import PlateauLRScheduler, create_scheduler_v2
 
 from .train_config import TrainConfig
 
@@ -38,3 +38,21 @@ def create_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, updates
         step_on_epochs=cfg.scheduler == "plateau", updates_per_epoch=updates_per_epoch,
     )
     return scheduler
+
+
+def resume_scheduler(scheduler, saved_state: dict | None, global_step: int) -> None:
+    """Put a resumed run's schedule at ``global_step``.
+
+    The rule: a step-based schedule (cosine, step) is a function of the current config and the step, so it is
+    the one :func:`create_scheduler` just built from this run's config, jumped to ``global_step``; the saved
+    state is not loaded. With the same config this is exactly the saved schedule; resuming with more
+    ``epochs`` (2 -> 4) stretches the cosine over the new length and the lr continues on it from the resumed
+    step, instead of staying at ``min_lr`` where the old, shorter schedule ended. The plateau schedule's
+    state (its reductions so far) is history, not config, and is restored as saved."""
+    if scheduler is None:
+        return
+    if isinstance(scheduler, PlateauLRScheduler):
+        if saved_state:
+            scheduler.load_state_dict(saved_state)
+        return
+    scheduler.step_update(num_updates=global_step)

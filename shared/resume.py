@@ -11,6 +11,7 @@ import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from .config import config_to_dict
+from .optim import resume_scheduler
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -106,8 +107,7 @@ def load_resume_state(engine: "Engine", path: Path) -> None:
         engine.optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError) as err:
         raise CheckpointError(f"{path}: optimizer state does not fit this model/optimizer: {err}") from err
-    if engine.scheduler is not None and state.get("scheduler"):
-        engine.scheduler.load_state_dict(state["scheduler"])
+    resume_scheduler(engine.scheduler, state.get("scheduler"), int(state["global_step"]))  # rule: optim.py
     if engine.accelerator.scaler is not None and state.get("scaler"):
         engine.accelerator.scaler.load_state_dict(state["scaler"])
     engine.start_epoch = engine.epoch = int(state["epoch"])
@@ -115,5 +115,6 @@ def load_resume_state(engine: "Engine", path: Path) -> None:
     engine.best_metric, engine.best_ema_metric = state["best_metric"], state["best_ema_metric"]
     engine.early_stopping.load_state_dict(state["early_stopping"])
     engine.history = list(state["history"])
+    engine.partial_epoch = state.get("partial_epoch")  # mid-epoch save: the epoch's progress (shared/preemption.py)
     set_rng_state(state["rng"])
     engine.accelerator.print(f"resumed from {path}: epoch {engine.start_epoch}, step {engine.global_step}")

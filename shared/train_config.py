@@ -51,9 +51,9 @@ class TrainConfig:
     seed: int = 42  # seeds Python, NumPy and torch, and the data order
     resume: bool = False  # continue from resume_checkpoint: weights, optimizer, schedule, RNG and history
     resume_checkpoint: str = ""  # default: <output_dir>/checkpoints/checkpoint_latest.pth
-    overwrite: bool = False  # True: start afresh in a folder that holds a run (its checkpoints, history and TensorBoard events are deleted first)
+    overwrite: bool = False  # True: start afresh where a run is (deleting its checkpoints, history, TensorBoard events)
     save_every: int = 1  # epochs between checkpoint_latest writes (the last epoch is always saved)
-    save_every_steps: int = 0  # > 0: also write checkpoint_latest every N optimizer steps, mid-epoch (resumed exactly); 0 = off
+    save_every_steps: int = 0  # > 0: also save checkpoint_latest every N optimizer steps (resumed mid-epoch); 0 = off
     save_best: bool = True  # False: still track the best metric, but write no checkpoint_best*.pth
     channels_last: str = "auto"  # auto (= on CUDA) | true | false
     compile: bool = False  # torch.compile through Accelerate's dynamo plugin

@@ -62,11 +62,12 @@ def toy(n, seed):
 def test_evaluate_best_writes_every_split(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
-    cfg = TrainConfig(output_dir=str(tmp_path / "run"), epochs=4, batch_size=16, num_workers=0, lr=3e-2, warmup_epochs=0,
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), epochs=8, batch_size=16, num_workers=0, lr=3e-2, warmup_epochs=0,
                       mixed_precision="no", progress_bar=False, tracker="none", ema=False,
                       early_stopping=EarlyStoppingConfig(monitor="val/accuracy", mode="max"))
     task = MultiClassTask(nn.CrossEntropyLoss(), ["neg", "pos"])
-    splits = {name: TensorDataset(*toy(48, seed)) for name, seed in (("train", 0), ("val", 1), ("test", 2))}
+    splits = {name: TensorDataset(*toy(96 if name == "train" else 48, seed))
+              for name, seed in (("train", 0), ("val", 1), ("test", 2))}
     engine = Engine(cfg, model, task, splits["train"], splits["val"])
     engine.fit()
     result = evaluate_best(engine, {"val": splits["val"], "test": splits["test"]})

@@ -112,7 +112,9 @@ def probe_run(cfg, env):
 AUG_OFF = {"flip_prob": 0.0, "affine_prob": 0.0, "noise_prob": 0.0, "bias_field_prob": 0.0, "gamma_prob": 0.0}
 FOCAL = {"loss": {"name": "focal"}}
 MANIFEST = {"data": {"data_root": "{manifest}"}}
-RUN = {"train": {"epochs": 1, "output_dir": "{elsewhere}/logs"}, "logging": {"checkpoint_dir": "{elsewhere}/ckpt"}}
+# the probe runs share one checkpoint folder: each replaces the last (a run is otherwise never overwritten)
+RUN = {"train": {"epochs": 1, "output_dir": "{elsewhere}/logs", "overwrite": True},
+       "logging": {"checkpoint_dir": "{elsewhere}/ckpt"}}
 
 
 def only(**augment):

@@ -100,6 +100,7 @@ def test_gradient_accumulation_equals_the_larger_batch(make_config, tiny_dataset
     results = []
     for steps in (1, 2):
         config = make_config(MODEL={"head_norm": "layer"}, TRAIN={**common, "gradient_accumulation_steps": steps})
+        config.train.output_dir += f"_accum{steps}"  # two runs: two folders (a run folder is never overwritten)
         engine = build_engine(config, tiny_dataset, None, tiny_dataset.tensors[1].numpy())
         initial = _parameters(engine) if initial is None else initial
         torch.testing.assert_close(_parameters(engine), initial)  # same seeded initialisation
@@ -132,6 +133,7 @@ def test_pos_weight_auto_is_negatives_over_positives_and_raises_positive_scores(
     mean_positive_probability = {}
     for pos_weight in (None, "auto"):
         config = make_config(LOSS={"pos_weight": pos_weight}, TRAIN={"epochs": 3, "learning_rate": 1e-2})
+        config.train.output_dir += f"_{pos_weight}"  # two runs: two folders (a run folder is never overwritten)
         engine = _train(config, tiny_dataset)
         _, outputs = engine.evaluate(tiny_dataset)
         probabilities = torch.sigmoid(torch.from_numpy(outputs["logits"]))
