@@ -22,6 +22,7 @@ from accelerate.utils import set_seed
 
 from shared import (ConfigError, Engine, build_image_transform, config_to_dict, evaluate_best, parse_cli,
                     process_state, run_cli, write_json)
+from shared.run_folder import refuse_existing_runs
 from clip_medical.config import ALIASES, ClipTrainConfig, entry_config, read_config_file
 from clip_medical.data import ClassFolderData, class_balanced_weights, cross_validation_folds, train_val_split
 from clip_medical.export import export_zero_shot
@@ -95,6 +96,7 @@ def run_config(cfg: ClipTrainConfig) -> dict[str, Any]:
     cfg.validate()
     data = ClassFolderData.scan(cfg.data_dir, cfg.class_texts_file, cfg.text_template)
     out = Path(cfg.train.output_dir)
+    refuse_existing_runs(out, cfg.train)  # before config.json of an earlier run (or its folds) is replaced
     if process_state().is_main_process:
         write_json(out / "config.json", config_to_dict(cfg))
         write_json(out / "class_texts.json", dict(zip(data.class_names, data.class_texts)))

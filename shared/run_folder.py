@@ -20,6 +20,7 @@ from .resume import resume_path
 
 if TYPE_CHECKING:
     from .engine import Engine
+    from .train_config import TrainConfig
 
 
 class RunExistsError(ConfigError):
@@ -51,6 +52,19 @@ def remove_stale_temp_files(*folders: Path) -> int:
         print(f"removed {count} stale temporary file(s) left by an interrupted write ({size} bytes) in {where}",
               flush=True)
     return size
+
+
+def refuse_existing_runs(folder: Path, cfg: "TrainConfig") -> None:
+    """For scripts that write into ``folder`` before an Engine starts (a config copy, CV folds below it):
+    the same refusal, up front, when ``folder`` or a folder below it holds a run."""
+    if cfg.resume or cfg.overwrite or not Path(folder).is_dir():
+        return
+    found = sorted(p for pattern in ("history.json", "checkpoint_*.pth") for p in Path(folder).rglob(pattern))
+    if found:
+        raise RunExistsError(f"not starting a new run in {folder}: a run is already there "
+                             f"({', '.join(str(p) for p in found[:3])}{' ...' if len(found) > 3 else ''}); pass "
+                             f"--train.resume true to continue it or --train.overwrite true to start over, "
+                             f"or choose another output folder")
 
 
 def _refusal(engine: "Engine", existing: list[Path], why: str,

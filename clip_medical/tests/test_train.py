@@ -135,6 +135,10 @@ def test_cross_validation_writes_folds_and_mean_std(train_argv, tmp_path):
     assert saved["mean_std"]["val_acc"] == f"{np.mean(val_acc):.4f} ± {np.std(val_acc):.4f}"
     assert summary["mean"] == saved["mean"]
     assert sum(fold["best_model_val_acc"] >= 0 for fold in saved["folds"]) == 3
+    config_before = (tmp_path / "config.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"not starting a new run .*a run is already there \(.*fold_1"):
+        train_clip.main(train_argv(tmp_path, "--use-cv", "--n-splits", "3", "--learning-rate", "5e-4"))
+    assert (tmp_path / "config.json").read_bytes() == config_before  # refused before anything was written
 
 
 def test_multi_config_trains_each_entry_into_its_own_folder(train_argv, tmp_path, class_texts_file):
