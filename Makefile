@@ -22,7 +22,7 @@ lock: $(BIN)/python
 
 demo: install
 	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-		convnext_cxr/train.py --config convnext_cxr/demo.yaml
+		convnext_cxr/train.py --config convnext_cxr/demo.yaml --train.overwrite true
 
 test: install
 	$(BIN)/python -m pytest

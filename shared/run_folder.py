@@ -3,7 +3,7 @@
 A folder holds a run when its checkpoint folder has one of the engine's checkpoints or it has
 ``history.json``. A new run there is refused with :class:`RunExistsError` (one line: what is there and how to
 go on) unless ``train.resume`` continues that run or ``train.overwrite`` starts afresh, which first deletes
-the old run's checkpoints, ``history.json`` and TensorBoard event files. A resume writes only into the run
+the old run's checkpoints, ``history.json``, TensorBoard event files and its ``results/`` and ``export/``. A resume writes only into the run
 it continues: resuming another folder's checkpoint into a folder that holds a run is refused the same way.
 
 Temporary files that a killed atomic write left behind (``.<name>.<random>.tmp``, see
@@ -12,6 +12,7 @@ many bytes that freed.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -102,6 +103,9 @@ def prepare_run_folder(engine: "Engine", tensorboard_dir: Path) -> None:
         events = sorted(Path(tensorboard_dir).glob("events.out.tfevents*")) if Path(tensorboard_dir).is_dir() else []
         for path in [*existing, *events]:
             path.unlink(missing_ok=True)
-        print(f"train.overwrite: deleted the previous run's {', '.join(str(p) for p in existing)} and "
+        outputs = [engine.output_dir / name for name in ("results", "export") if (engine.output_dir / name).is_dir()]
+        for folder in outputs:  # its evaluation and export must not pass for the new run's
+            shutil.rmtree(folder)
+        print(f"train.overwrite: deleted the previous run's {', '.join(str(p) for p in existing + outputs)} and "
               f"{len(events)} TensorBoard event file(s)", flush=True)
     acc.wait_for_everyone()

@@ -53,9 +53,12 @@ def test_a_second_run_into_the_same_folder_is_refused_before_anything_is_written
 def test_overwrite_deletes_the_old_run_first(tmp_path, capsys):
     run = tmp_path / "run"
     train(cfg(run, epochs=2))
+    (run / "results").mkdir()
+    (run / "results" / "test_metrics.json").write_text("{}")  # the old run's evaluation must not survive
     capsys.readouterr()
     _, history = train(cfg(run, epochs=1, overwrite=True))
     assert "train.overwrite: deleted the previous run's" in capsys.readouterr().out
+    assert not (run / "results").exists()
     assert len(history) == 1 and len(json.loads((run / "history.json").read_text())) == 1
     assert len(list((run / "logs" / "tensorboard").glob("events.out.tfevents*"))) == 1  # the old events went too
     assert torch.load(run / "checkpoints" / "checkpoint_latest.pth", weights_only=True)["epoch"] == 1
