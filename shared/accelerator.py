@@ -13,7 +13,7 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import ProjectConfiguration
 
 from .config import ConfigError
-from .train_config import MIXED_PRECISION_CHOICES, TrainConfig
+from .train_config import MIXED_PRECISION_CHOICES, TrainConfig, validate_train_config
 
 
 def _use_cpu(force_cpu: bool) -> bool:
@@ -56,7 +56,9 @@ def resolve_mixed_precision(value: str | bool, cpu: bool = False) -> str:
 
 
 def make_accelerator(cfg: TrainConfig, project_dir: Path, log_dir: Path) -> Accelerator:
-    """A fresh Accelerator for one engine, with the precision of :func:`resolve_mixed_precision`."""
+    """A fresh Accelerator for one engine, with the precision of :func:`resolve_mixed_precision`, once the
+    settings passed :func:`~shared.train_config.validate_train_config`."""
+    validate_train_config(cfg)
     precision = resolve_mixed_precision(cfg.mixed_precision, cfg.cpu)
     # Several engines may run in one process (k-fold CV, tests); forget the previous one's
     # precision/accumulation settings but keep the distributed process group.

@@ -1,8 +1,17 @@
 """Early stopping and best-metric comparison on the monitored metric (``train.early_stopping.*``)."""
 from __future__ import annotations
 
+import difflib
 import math
+import warnings
 from typing import Any, Mapping
+
+import torch
+from accelerate.utils import send_to_device
+from torch.utils.data import DataLoader, Subset
+
+from .config import ConfigError
+from .resume import rng_state, set_rng_state
 
 
 class EarlyStopping:
@@ -47,3 +56,32 @@ def monitor_value(metrics: Mapping[str, Any], key: str) -> float:
         raise KeyError(f"early_stopping.monitor={key!r} is not among the logged metrics "
                        f"{sorted(k for k in metrics if isinstance(metrics[k], (int, float)))}")
     return float(metrics[key])
+
+
+def check_monitor(engine) -> None:
+    """Before the first step: refuse an ``early_stopping.monitor`` that no epoch will log (a typo used to fail
+    after a whole epoch). The task's metrics on a few validation samples say which ``val/*`` keys exist."""
+    key = engine.cfg.early_stopping.monitor
+    if engine.val_loader is None or key.startswith("train/"):  # train/* keys come from the training step
+        return
+    dataset = engine.val_loader.dataset
+    probe = DataLoader(Subset(dataset, range(min(len(dataset), 8))), batch_size=8, collate_fn=engine.collate_fn,
+                       generator=torch.Generator().manual_seed(0))
+    model = engine.accelerator.unwrap_model(engine.model)
+    was_training, rng = model.training, rng_state()  # the probe must not move the run's random streams
+    model.eval()
+    with torch.no_grad(), engine.accelerator.autocast(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a handful of samples leaves some metrics undefined
+        engine.task.on_eval_start(model)
+        batch = engine._prepare_batch(send_to_device(next(iter(probe)), engine.accelerator.device))
+        outputs = {k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy()
+                   for k, v in engine.task.eval_step(model, batch).items()}
+        names = list(engine.task.compute_metrics(outputs))
+    model.train(was_training)
+    set_rng_state(rng)
+    logged = [f"val/{n}" for n in names] + ([f"val_ema/{n}" for n in names] if engine.ema is not None else [])
+    if key not in logged:
+        close = difflib.get_close_matches(key, logged, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(f"train.early_stopping.monitor={key!r} is not a metric this run logs; {hint}"
+                          f"choose one of {sorted(logged)} or train/loss")

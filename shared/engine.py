@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from .accelerator import make_accelerator, process_state, resolve_mixed_precision
 from .checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from .config import save_config
-from .early_stopping import EarlyStopping, monitor_value
+from .early_stopping import EarlyStopping, check_monitor, monitor_value
 from .interfaces import Callback, Task
 from .io import write_json
 from .loaders import channels_last_batch, make_loader, per_device_batch
@@ -257,6 +257,7 @@ class Engine:
         if self.early_stopping.should_stop:
             acc.print("early stopping had already triggered in the resumed run; nothing to do")
             return self.history
+        check_monitor(self)
         if cfg.num_workers > 0:
             # Loader workers fork from this process. Moving every object alive now out of the garbage
             # collector's reach keeps the workers' collections from writing to, and so copying, the

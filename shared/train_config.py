@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .config import ConfigError
+
 #: The values ``TrainConfig.mixed_precision`` accepts (resolved by ``shared.accelerator.resolve_mixed_precision``).
 MIXED_PRECISION_CHOICES = ("bf16", "fp16", "no", "auto")
 
@@ -64,3 +66,24 @@ class TrainConfig:
     tracker: Literal["tensorboard", "none"] = "tensorboard"  # where scalars are logged
     log_scalars: bool = True  # False: the engine logs no scalars itself (callbacks log via engine.tensorboard)
     full_best_checkpoint: bool = False  # True: checkpoint_best also holds the resume state, like checkpoint_latest
+
+
+def validate_train_config(cfg: TrainConfig, prefix: str = "train.") -> None:
+    """Refuse values that would fail late or train nonsense (negative epochs "trained" and reported untrained
+    weights), naming the key."""
+    es = cfg.early_stopping
+    checks = [
+        ("epochs", cfg.epochs >= 1, ">= 1"), ("batch_size", cfg.batch_size >= 1, ">= 1"),
+        ("eval_batch_size", cfg.eval_batch_size >= 0, ">= 0 (0 = batch_size)"),
+        ("num_workers", cfg.num_workers >= 0, ">= 0"), ("lr", cfg.lr >= 0, ">= 0"), ("min_lr", cfg.min_lr >= 0, ">= 0"),
+        ("weight_decay", cfg.weight_decay >= 0, ">= 0"), ("warmup_epochs", cfg.warmup_epochs >= 0, ">= 0"),
+        ("grad_accum_steps", cfg.grad_accum_steps >= 1, ">= 1"), ("grad_clip", cfg.grad_clip >= 0, ">= 0 (0 = off)"),
+        ("ema_decay", 0 < cfg.ema_decay < 1, "in (0, 1)"), ("save_every", cfg.save_every >= 1, ">= 1"),
+        ("save_every_steps", cfg.save_every_steps >= 0, ">= 0 (0 = off)"), ("log_every", cfg.log_every >= 1, ">= 1"),
+        ("early_stopping.mode", es.mode in ("max", "min"), "'max' or 'min'"),
+        ("early_stopping.patience", es.patience >= 0, ">= 0 (0 = never stop early)"),
+    ]
+    for key, ok, rule in checks:
+        if not ok:
+            value = getattr(es, key.split(".")[1]) if key.startswith("early_stopping.") else getattr(cfg, key)
+            raise ConfigError(f"{prefix}{key} must be {rule}, got {value!r}")

@@ -117,15 +117,22 @@ def test_early_stopping_semantics():
 
 
 def test_engine_stops_early_on_a_scripted_metric(tmp_path):
-    scripted = iter([0.5, 0.6, 0.62, 0.64, 0.9, 0.9])
+    scores = [0.5, 0.6, 0.62, 0.64, 0.9, 0.9]
 
     class Scripted(MultiLabelTask):
+        epoch = 0
+
         def compute_metrics(self, outputs):
-            return {"score": next(scripted), "loss": 0.0}
+            return {"score": scores[self.epoch], "loss": 0.0}
+
+    class FollowEpoch(Callback):
+        def on_epoch_start(self, engine, epoch):
+            engine.task.epoch = epoch
 
     cfg = make_cfg(tmp_path, epochs=6, ema=False,
                    early_stopping=EarlyStoppingConfig(monitor="val/score", mode="max", patience=2, min_delta=0.05))
-    engine = Engine(cfg, toy_model(), Scripted(AsymmetricLoss(), list("abc")), toy_data(32), toy_data(16))
+    engine = Engine(cfg, toy_model(), Scripted(AsymmetricLoss(), list("abc")), toy_data(32), toy_data(16),
+                    callbacks=[FollowEpoch()])
     history = engine.fit()
     engine.close()
     assert [h["val/score"] for h in history] == [0.5, 0.6, 0.62, 0.64]
@@ -290,3 +297,16 @@ def test_every_engine_setting_documents_its_meaning():
     for cls in (TrainConfig, EarlyStoppingConfig):
         comments = field_comments(cls)
         assert [f.name for f in dataclasses.fields(cls) if not comments.get(f.name)] == [], cls.__name__
+
+
+def test_a_monitor_typo_and_bad_values_fail_before_the_first_step(tmp_path):
+    from shared import ConfigError
+    cfg = make_cfg(tmp_path, early_stopping=EarlyStoppingConfig(monitor="val/macro_aurc", mode="max"))
+    engine = Engine(cfg, toy_model(), task(), toy_data(), toy_data(32, seed=1))
+    with pytest.raises(ConfigError, match=r"monitor='val/macro_aurc' is not a metric this run logs; "
+                                          r"did you mean val/macro_auroc\?"):
+        engine.fit()
+    assert engine.global_step == 0 and not (tmp_path / "run" / "history.json").exists()
+    for key, value, rule in (("epochs", -1, ">= 1"), ("lr", -0.1, ">= 0"), ("ema_decay", 1.0, "in \\(0, 1\\)")):
+        with pytest.raises(ConfigError, match=f"train.{key} must be {rule}, got {value}"):
+            Engine(make_cfg(tmp_path / key, **{key: value}), toy_model(), task(), toy_data(), None)

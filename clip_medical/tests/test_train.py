@@ -167,8 +167,9 @@ def test_multi_config_rejects_unknown_keys_before_training(train_argv, tmp_path)
 
 
 def scripted_metrics(monkeypatch, key, values):
-    """Replace the validation ``key`` by ``values`` epoch after epoch."""
-    sequence = iter(values)
+    """Replace the validation ``key`` by ``values`` epoch after epoch (the engine's check of the monitor key
+    before training calls compute_metrics once first)."""
+    sequence = iter([values[0], *values])
     real = ZeroShotCLIPTask.compute_metrics
 
     def compute_metrics(self, outputs):
