@@ -176,7 +176,7 @@ def test_sigterm_to_a_training_process_exits_143_and_resuming_gives_the_uninterr
 
     resumed = run(out, "resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = torch.load(tmp_path / "full" / "final.pt"), torch.load(out / "final.pt")
+    a, b = (torch.load(path, weights_only=True) for path in (tmp_path / "full" / "final.pt", out / "final.pt"))
     for key in ("model", "ema"):
         assert a[key].keys() == b[key].keys()
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])

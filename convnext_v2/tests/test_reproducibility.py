@@ -1,24 +1,6 @@
 """The same seed twice gives the same epoch-1 training loss (model init, split, augmentations in 2 loader
 workers, MixUp/CutMix, drop path all follow train.seed)."""
-import numpy as np
-import pytest
-from PIL import Image
-
 from convnext_v2.train import main
-
-COLOURS = {"blue": (30, 30, 210), "green": (30, 190, 40), "red": (210, 30, 30)}
-
-
-@pytest.fixture(scope="module")
-def colour_folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("colours")
-    rng = np.random.default_rng(0)
-    for name, rgb in COLOURS.items():
-        (root / name).mkdir()
-        for i in range(8):
-            pixels = np.clip(np.array(rgb) + rng.normal(0, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-    return root
 
 
 def epoch_one_loss(data_dir, out, seed):

@@ -6,7 +6,6 @@ from contextlib import nullcontext
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from convnext_v2.ConvNeXtModelV1 import ConvNeXt
@@ -18,21 +17,7 @@ from convnext_v2.train import ConvNeXtTrainer, default_train_config, export_best
 from convnext_v2.train_flowers import main as flowers_main
 from shared import CheckpointError, load_export, read_json
 
-COLOURS = {"blue": (30, 30, 210), "green": (30, 190, 40), "red": (210, 30, 30)}
 TINY = dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32))
-
-
-@pytest.fixture(scope="module")
-def colour_folders(tmp_path_factory):
-    """A class-folder dataset anyone can learn: 16 noisy 40x40 images per colour."""
-    root = tmp_path_factory.mktemp("colours")
-    rng = np.random.default_rng(0)
-    for name, rgb in COLOURS.items():
-        (root / name).mkdir()
-        for i in range(16):
-            pixels = np.clip(np.array(rgb) + rng.normal(0, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -166,15 +151,15 @@ def test_train_flowers_splits_70_15_15_and_evaluates_the_test_part(flowers_run):
     assert len(predictions) == 1 + 7 and predictions[1].split(",")[0].endswith(".png")  # sample ids are paths
 
 
-def test_predict_returns_the_right_class_names(flowers_run, colour_folders, tmp_path, capsys):
+def test_predict_returns_the_right_class_names(flowers_run, colour_folders, colour_names, tmp_path, capsys):
     out, _ = flowers_run
     export = out / "export"
-    for colour in COLOURS:
+    for colour in colour_names:
         chart = tmp_path / f"{colour}.png"
         top = predict_main(["--image", str(colour_folders / colour / "0.png"), "--model", str(export),
                             "--cpu", "--model_type", "v2", "--top-k", "3", "--output", str(chart)])
         assert [name for name, _ in top][0] == colour
-        assert sorted(name for name, _ in top) == sorted(COLOURS)
+        assert sorted(name for name, _ in top) == colour_names
         assert sum(p for _, p in top) == pytest.approx(1.0, abs=1e-5) and chart.stat().st_size > 5_000
     assert "1. red" in capsys.readouterr().out
 
@@ -254,7 +239,7 @@ def test_help_lists_every_key_its_meaning_and_the_source_spellings(capsys):
 
 
 @pytest.mark.parametrize("model_cls", [ConvNeXt, ConvNeXtV2])
-def test_export_rebuilds_the_trained_model(tmp_path, colour_splits, model_cls):
+def test_export_rebuilds_the_trained_model(tmp_path, colour_splits, colour_names, model_cls):
     torch.manual_seed(0)
     model = model_cls(num_classes=3, **TINY)
     trainer = ConvNeXtTrainer(model, device="cpu", use_amp=False, config=quick_config(tmp_path, limit_train_batches=1))
@@ -262,7 +247,7 @@ def test_export_rebuilds_the_trained_model(tmp_path, colour_splits, model_cls):
     export = export_best(trainer.engine, image_size=32, use_ema=False)
     rebuilt, info = load_export(export)
     assert info["architecture"]["family"] == ("v2" if model_cls is ConvNeXtV2 else "v1")
-    assert info["task"] == "multi-class" and info["class_names"] == sorted(COLOURS)
+    assert info["task"] == "multi-class" and info["class_names"] == colour_names
     assert info["preprocessing"]["size"] == [32, 32] and info["preprocessing"]["spatial_dims"] == 2
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
