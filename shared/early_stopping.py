@@ -67,17 +67,11 @@ def check_monitor(engine) -> None:
     dataset = engine.val_loader.dataset
     probe = DataLoader(Subset(dataset, range(min(len(dataset), 8))), batch_size=8, collate_fn=engine.collate_fn,
                        generator=torch.Generator().manual_seed(0))
-    model = engine.accelerator.unwrap_model(engine.model)
-    was_training, rng = model.training, rng_state()  # the probe must not move the run's random streams
-    model.eval()
-    with torch.no_grad(), engine.accelerator.autocast(), warnings.catch_warnings():
+    rng = rng_state()  # the probe must not move the run's random streams
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a handful of samples leaves some metrics undefined
-        engine.task.on_eval_start(model)
-        batch = engine._prepare_batch(send_to_device(next(iter(probe)), engine.accelerator.device))
-        outputs = {k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy()
-                   for k, v in engine.task.eval_step(model, batch).items()}
+        outputs = engine.predict(send_to_device(batch, engine.accelerator.device) for batch in probe)
         names = list(engine.task.compute_metrics(outputs))
-    model.train(was_training)
     set_rng_state(rng)
     logged = [f"val/{n}" for n in names] + ([f"val_ema/{n}" for n in names] if engine.ema is not None else [])
     if key not in logged:
