@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from shared import ConfigError, EarlyStoppingConfig, TrainConfig, config_from_dict, config_to_dict, read_json
+from shared.config import UNSET, switch_value
 from clip_medical.models import IMAGE_ENCODERS
 
 ImageEncoderName = Literal[tuple(IMAGE_ENCODERS)]  # the guide's encoder names (see models/image_encoders.py)
@@ -155,11 +156,10 @@ def entry_settings(entry: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in _flat(entry).items():
         target = ALIASES.get(key, key)
         if "=" in target:  # a switch: true sets its first value, false its second (else leaves the setting)
-            target, choices = target.split("=", 1)
-            on_value, _, off_value = choices.partition("|")
-            if value is None or not (value or off_value):
+            value = UNSET if value is None else switch_value(key, target, value)
+            if value is UNSET:
                 continue
-            value = on_value if value else off_value
+            target = target.split("=", 1)[0]
         if target in settings:
             raise ConfigError(f"{key} and another key of the entry both set {target}; give only one of them")
         settings[target] = _default(target) if value is None else value

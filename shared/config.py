@@ -183,18 +183,18 @@ def parse_overrides(argv: Sequence[str]) -> dict:
     return nested
 
 
-def _switch_value(alias: str, canonical: str, value: Any) -> Any:
+#: What :func:`switch_value` returns for a switch turned off that has no second choice: leave the key alone.
+UNSET = object()
+
+
+def switch_value(alias: str, canonical: str, value: Any) -> Any:
     """The value a switch alias (``"use_amp": "train.mixed_precision=auto|no"``) sets: the first
-    choice when on, the second (if any) when off; ``_UNSET`` for an off switch with no second choice."""
-    key, choices = canonical.split("=", 1)
-    on_value, _, off_value = choices.partition("|")
+    choice when on, the second (if any) when off; ``UNSET`` for an off switch with no second choice."""
+    on_value, _, off_value = canonical.split("=", 1)[1].partition("|")
     on = _coerce(value, bool, alias) if not isinstance(value, bool) else value
     if on:
         return on_value
-    return off_value if off_value else _UNSET
-
-
-_UNSET = object()
+    return off_value if off_value else UNSET
 
 
 def _drop_empty(values: dict, parents: Sequence[str]) -> None:
@@ -227,9 +227,9 @@ def apply_aliases(values: dict, aliases: Mapping[str, str]) -> dict:
         if parents and not node:  # ``TRAIN.epochs -> train.epochs`` leaves no empty ``TRAIN: {}`` behind
             _drop_empty(values, parents)
         if "=" in canonical:
-            value = _switch_value(alias, canonical, value)
+            value = switch_value(alias, canonical, value)
             canonical = canonical.split("=", 1)[0]
-            if value is _UNSET:
+            if value is UNSET:
                 continue
         *target_parents, target_leaf = canonical.split(".")
         target = values
