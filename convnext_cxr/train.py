@@ -29,7 +29,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     model = build_model(cfg.model, num_labels=len(splits.findings))
     task = MultiLabelTask(build_criterion(cfg.loss, splits.train.records.labels), splits.findings,
                           input_transform=ImageNormalize() if cfg.data.normalize_on_device else None)
-    engine = Engine(cfg.train, model, task, splits.train, splits.val, run_config=cfg, project_name="convnext_cxr")
+    engine = Engine(cfg.train, model, task, splits.train, splits.val, held_out=splits.held_out(), run_config=cfg,
+                    project_name="convnext_cxr")
     engine.accelerator.print(f"train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)} images, "
                              f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
                              f"on {engine.accelerator.num_processes} processes")

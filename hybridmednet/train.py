@@ -11,7 +11,7 @@ loss. After training the shared evaluation takes the best checkpoint over valida
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from accelerate.utils import set_seed
@@ -38,11 +38,12 @@ def build_task(config: Config, train_labels: np.ndarray) -> HybridMedNetTask:
 
 
 def build_engine(config: Config, train_set: Dataset, val_set: Dataset | None, train_labels: np.ndarray,
-                 callbacks: Sequence[Callback] = ()) -> Engine:
-    """Model, task and Engine from the config (the datasets are built by the caller)."""
+                 callbacks: Sequence[Callback] = (), held_out: Mapping[str, Dataset] | None = None) -> Engine:
+    """Model, task and Engine from the config (the datasets are built by the caller; ``held_out``, e.g. the
+    test split, is only checked by the preflight)."""
     set_seed(config.train.seed)  # the model's random initialisation is part of the run's recipe
     return Engine(config.train, HybridMedNet(config), build_task(config, train_labels), train_set, val_set,
-                  callbacks=callbacks, run_config=config)
+                  callbacks=callbacks, run_config=config, held_out=held_out)
 
 
 def export_best(engine: Engine, config: Config, thresholds: np.ndarray | None) -> None:
@@ -66,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with process_state().main_process_first():  # one process writes the demo set
         splits = build_datasets(config)
     engine = build_engine(config, splits.train, splits.val if len(splits.val) else None,
-                          splits.train.records.labels)
+                          splits.train.records.labels, held_out=splits.held_out())
     engine.accelerator.print(f"{config.MODEL['backbone']}: {len(splits.train)} train / {len(splits.val)} val / "
                              f"{len(splits.test)} test images on {engine.accelerator.num_processes} processes")
     engine.fit()

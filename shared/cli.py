@@ -105,6 +105,8 @@ def parse_cli(cls: type[T], argv: Sequence[str] | None = None, *, description: s
     """Defaults of ``cls`` <- ``--config`` file (or ``default_config``) <- overrides; ``--help`` exits 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
     aliases = dict(aliases or {})
+    if "train" in {f.name for f in dataclasses.fields(cls)}:  # every project's config embeds the engine's TrainConfig
+        aliases.setdefault("skip_preflight", "train.skip_preflight")
     config_path: str | Path | None = default_config
     rest: list[str] = []
     i = 0

@@ -24,9 +24,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .cache import ImageCache
-from .data import (DataError, IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, describe_bad_images, find_unreadable_images,
-                   group_split, load_image)
+from .data import DataError, IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, describe_bad_images, group_split, load_image
 from .export import Preprocessing
+from .preflight import find_bad_files
 
 FINDINGS = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
@@ -45,11 +45,12 @@ class CXRRecords:
     labels: np.ndarray  # [N, num_findings] float32 0/1
     patients: np.ndarray  # [N] patient ids (str)
     findings: tuple[str, ...] = FINDINGS
+    verified: bool = False  # every image was decoded once already (on_bad_image: skip); preflight skips them
 
     def subset(self, index: Sequence[int]) -> "CXRRecords":
         index = np.asarray(index, dtype=np.int64)
         return CXRRecords([self.images[i] for i in index], [self.paths[i] for i in index],
-                          self.labels[index], self.patients[index], self.findings)
+                          self.labels[index], self.patients[index], self.findings, self.verified)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -111,33 +112,41 @@ def index_images(image_dir: str | Path) -> dict[str, Path]:
     return {p.name: p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS}
 
 
-def load_records(csv_path: str | Path, image_dir: str | Path, findings: Sequence[str] = FINDINGS,
-                 on_bad_image: str = "error", on_bad_image_key: str = "data.on_bad_image") -> CXRRecords:
-    """Join the CSV with the images on disk.
-
-    ``on_bad_image="error"`` stops with the first few missing files named; ``"skip"`` also decodes
-    every image once, drops the missing or unreadable ones and prints how many. ``on_bad_image_key`` is
-    the setting's name in the calling project's config, for the messages.
-    """
-    if on_bad_image not in ("error", "skip"):
-        raise DataError(f"{on_bad_image_key} must be 'error' or 'skip', got {on_bad_image!r}")
+def table_records(csv_path: str | Path, image_dir: str | Path, findings: Sequence[str] = FINDINGS) -> CXRRecords:
+    """Every row of the label CSV, with its image's path below ``image_dir`` (or where it would be)."""
     table = read_label_csv(csv_path, findings)
     on_disk = index_images(image_dir)
     paths = [on_disk.get(name, Path(image_dir) / name) for name in table["image"]]
-    bad = [(p, f"image not found: {p} (listed in {csv_path})") for name, p in zip(table["image"], paths)
-           if name not in on_disk]
-    if on_bad_image == "skip":
-        bad += find_unreadable_images([p for name, p in zip(table["image"], paths) if name in on_disk])
+    return CXRRecords(list(table["image"]), paths, table[list(findings)].to_numpy(np.float32),
+                      table["patient"].to_numpy(str), tuple(findings))
+
+
+def drop_bad_images(records: CXRRecords, on_bad_image: str = "error", on_bad_image_key: str = "data.on_bad_image",
+                    source: str | Path = "the label CSV") -> CXRRecords:
+    """``"error"``: stop when an image listed in ``source`` is missing (decoding is left to the engine's
+    preflight); ``"skip"``: decode every image once (in parallel), drop the missing or unreadable ones and say
+    which. ``on_bad_image_key`` is the setting's name in the calling project's config, for the messages."""
+    if on_bad_image not in ("error", "skip"):
+        raise DataError(f"{on_bad_image_key} must be 'error' or 'skip', got {on_bad_image!r}")
+    bad = [(p, f"image not found: {p} (listed in {source})") for p in records.paths if not p.is_file()]
     if bad and on_bad_image == "error":
-        raise DataError(describe_bad_images(bad) + f"\nSet {on_bad_image_key}: skip to train without them.")
-    keep = np.ones(len(table), dtype=bool)
+        raise DataError(f"{len(bad)} of {len(records)} images are missing, e.g. {bad[0][1]}; set "
+                        f"{on_bad_image_key}: skip to train without them\n" + describe_bad_images(bad))
+    if on_bad_image == "error":
+        return records
+    bad += find_bad_files([p for p in records.paths if p.is_file()], description="decoding every image")
+    bad_paths = {p for p, _ in bad}
     if bad:
-        bad_paths = {p for p, _ in bad}
-        keep = np.array([p not in bad_paths for p in paths])
-        print(f"skipping {len(bad)} of {len(table)} images: " + describe_bad_images(bad))
-    table = table[keep].reset_index(drop=True)
-    return CXRRecords(list(table["image"]), [p for p, k in zip(paths, keep) if k],
-                      table[list(findings)].to_numpy(np.float32), table["patient"].to_numpy(str), tuple(findings))
+        print(f"skipping {len(bad)} of {len(records)} images: " + describe_bad_images(bad))
+    kept = records.subset([i for i, p in enumerate(records.paths) if p not in bad_paths])
+    kept.verified = True
+    return kept
+
+
+def load_records(csv_path: str | Path, image_dir: str | Path, findings: Sequence[str] = FINDINGS,
+                 on_bad_image: str = "error", on_bad_image_key: str = "data.on_bad_image") -> CXRRecords:
+    """The CSV joined with the images on disk, bad images handled by :func:`drop_bad_images`."""
+    return drop_bad_images(table_records(csv_path, image_dir, findings), on_bad_image, on_bad_image_key, csv_path)
 
 
 def split_records(records: CXRRecords, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 42,
@@ -181,6 +190,20 @@ class ChestXray14Dataset(Dataset):
         """The image files in index order: the sample column of ``results/<split>_predictions.csv``."""
         return [str(path) for path in self.records.paths]
 
+    @property
+    def labels(self) -> np.ndarray:
+        """The 0/1 finding matrix [N, num_findings] (the preflight's class counts)."""
+        return self.records.labels
+
+    @property
+    def groups(self) -> list[str]:
+        """The patient of each image (the preflight warns about a patient in two splits)."""
+        return list(self.records.patients)
+
+    @property
+    def files_verified(self) -> bool:
+        return self.records.verified
+
     def load(self, index: int) -> Image.Image:
         """The grayscale image; the transform replicates it to 3 channels after augmenting one."""
         return self.cache[index] if self.cache is not None else load_image(self.records.paths[index], mode="L")
@@ -215,9 +238,16 @@ def split_dataset(image_dir: str | Path, csv_path: str | Path, *, findings: Sequ
                   fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 42, train_val_list: str = "",
                   test_list: str = "", on_bad_image: str = "error", on_bad_image_key: str = "data.on_bad_image"
                   ) -> tuple[CXRRecords, CXRRecords, CXRRecords]:
-    """The labelled images on disk, split by patient (NIH's official lists when both are given)."""
-    records = load_records(csv_path, image_dir, findings, on_bad_image, on_bad_image_key)
-    return split_records(records, fractions, seed, train_val_list or None, test_list or None)
+    """The labelled images on disk, split by patient (NIH's official lists when both are given); the split is
+    made over every row of the CSV, so skipping bad images (``on_bad_image: skip``) moves no other image."""
+    records = table_records(csv_path, image_dir, findings)
+    parts = split_records(records, fractions, seed, train_val_list or None, test_list or None)
+    checked = drop_bad_images(records, on_bad_image, on_bad_image_key, csv_path)
+    kept = set(checked.images)  # split first, then drop: a skipped image never moves another between splits
+    parts = tuple(part.subset([i for i, name in enumerate(part.images) if name in kept]) for part in parts)
+    for part in parts:
+        part.verified = checked.verified
+    return parts
 
 
 class CXRSplits(NamedTuple):
@@ -236,6 +266,10 @@ class CXRSplits(NamedTuple):
     @property
     def findings(self) -> list[str]:
         return list(self.train.records.findings)
+
+    def held_out(self) -> dict[str, ChestXray14Dataset]:
+        """``{"test": ...}`` for the engine's preflight (left out when empty, as in :meth:`evaluation_sets`)."""
+        return {"test": self.test} if len(self.test) else {}
 
     def evaluation_sets(self) -> dict[str, ChestXray14Dataset]:
         """``{"val": ..., "test": ...}`` for :func:`shared.evaluate_best`; an empty split is left out."""

@@ -5,16 +5,16 @@ predictions become metrics); the :class:`Engine` owns everything else: DDP and m
 Accelerate, gradient accumulation and clipping, a per-step warmup + cosine (or step/plateau) schedule
 from timm, model EMA (timm ``ModelEmaV3``), evaluation of the raw and EMA weights with
 ``gather_for_metrics``, early stopping, TensorBoard logging with a global step that continues across
-resumes, atomic checkpoints with full resume state, and a guard that stops on a non-finite loss. A folder
-that holds a run is never overwritten (``run_folder``); SIGTERM/SIGINT save a mid-epoch checkpoint and exit
-(``preemption``).
+resumes, atomic checkpoints with full resume state, and a guard that stops on a non-finite loss. Every split
+is checked before the first step (``preflight``); a folder that holds a run is never overwritten
+(``run_folder``); SIGTERM/SIGINT save a mid-epoch checkpoint and exit (``preemption``).
 
 ``TrainConfig.batch_size`` is the GLOBAL batch: each of ``N`` processes loads
 ``batch_size / (N * grad_accum_steps)`` samples per step, so a recipe means the same on 1 or 8 GPUs.
 
 Its parts live in small modules, re-exported here: ``train_config``, ``interfaces`` (Task, Callback),
 ``early_stopping``, ``accelerator`` (device, the precision rule), ``optim``, ``loaders``, ``resume``,
-``run_folder`` and ``preemption``.
+``run_folder``, ``preflight`` and ``preemption``.
 """
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ from .io import write_json
 from .loaders import channels_last_batch, make_loader, per_device_batch
 from .optim import create_optimizer, create_scheduler, fused_optimizer_kwargs
 from .preemption import EpochProgress, Preemption
+from .preflight import preflight
 from .resume import checkpoint_state, load_resume_state, plain, resume_path
 from .run_folder import prepare_run_folder
 from .train_config import MIXED_PRECISION_CHOICES, EarlyStoppingConfig, TrainConfig
@@ -70,7 +71,8 @@ class Engine:
                  checkpoint_extra: Mapping[str, Any] | None = None,
                  sample_weights: Sequence[float] | None = None, collate_fn=None,
                  checkpoint_names: Mapping[str, str] | None = None, log_dir: str | Path | None = None,
-                 project_name: str = "tensorboard", checkpoint_dir: str | Path | None = None):
+                 project_name: str = "tensorboard", checkpoint_dir: str | Path | None = None,
+                 held_out: Mapping[str, Dataset] | None = None):
         self.cfg, self.task, self.callbacks = cfg, task, list(callbacks)
         self.output_dir = Path(output_dir or cfg.output_dir)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else self.output_dir / "checkpoints"
@@ -82,6 +84,7 @@ class Engine:
         log_dir = Path(log_dir or self.output_dir / "logs")
         self.accelerator = make_accelerator(cfg, self.output_dir, log_dir)
         prepare_run_folder(self, log_dir / project_name)  # refuses to overwrite a run; removes stale .tmp files
+        preflight(self, {"train": train_dataset, "val": val_dataset, **(held_out or {})})  # shared/preflight.py
         set_seed(cfg.seed)
         acc = self.accelerator
 
@@ -322,8 +325,7 @@ class Engine:
 
     def _write_history(self) -> None:
         if self.accelerator.is_main_process:
-            path = self.output_dir / "history.json"
-            write_json(path, self.history, indent=1)
+            write_json(self.output_dir / "history.json", self.history, indent=1)
 
     @staticmethod
     def _summary(metrics: Mapping[str, Any], monitor: str) -> str:

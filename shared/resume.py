@@ -100,6 +100,10 @@ def load_resume_state(engine: "Engine", path: Path) -> None:
     saved_classes, classes = state.get("class_names"), engine.checkpoint_extra.get("class_names")
     if saved_classes is not None and classes is not None and list(saved_classes) != list(classes):
         raise CheckpointError(f"{path} was trained on classes {list(saved_classes)}, but this run has {list(classes)}")
+    saved_split, split = state.get("split_digest"), engine.checkpoint_extra.get("split_digest")
+    if saved_split is not None and split is not None and saved_split != split:
+        raise CheckpointError(f"{path} was trained on another split of the data (other files in train/val/test); "
+                              f"resume with that run's data and split settings, or start a new run")
     load_model_weights(engine.accelerator.unwrap_model(engine.model), state["model"], source=str(path))
     if engine.ema is not None and state.get("ema") is not None:
         load_model_weights(engine.ema.module, state["ema"], source=f"{path} (EMA)")

@@ -3,8 +3,9 @@
 A folder holds a run when its checkpoint folder has one of the engine's checkpoints or it has
 ``history.json``. A new run there is refused with :class:`RunExistsError` (one line: what is there and how to
 go on) unless ``train.resume`` continues that run or ``train.overwrite`` starts afresh, which first deletes
-the old run's checkpoints, ``history.json``, TensorBoard event files and its ``results/`` and ``export/``. A resume writes only into the run
-it continues: resuming another folder's checkpoint into a folder that holds a run is refused the same way.
+the old run's checkpoints, ``history.json``, ``split.csv``, TensorBoard event files, ``results/`` and
+``export/``. A resume writes only into the run it continues: resuming another folder's checkpoint into a
+folder that holds a run is refused the same way.
 
 Temporary files that a killed atomic write left behind (``.<name>.<random>.tmp``, see
 :func:`shared.io.atomic_write`) are removed from the checkpoint and output folders, with a line saying how
@@ -106,6 +107,7 @@ def prepare_run_folder(engine: "Engine", tensorboard_dir: Path) -> None:
         outputs = [engine.output_dir / name for name in ("results", "export") if (engine.output_dir / name).is_dir()]
         for folder in outputs:  # its evaluation and export must not pass for the new run's
             shutil.rmtree(folder)
+        (engine.output_dir / "split.csv").unlink(missing_ok=True)  # the new run records its own
         print(f"train.overwrite: deleted the previous run's {', '.join(str(p) for p in existing + outputs)} and "
               f"{len(events)} TensorBoard event file(s)", flush=True)
     acc.wait_for_everyone()

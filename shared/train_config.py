@@ -65,6 +65,7 @@ class TrainConfig:
     find_unused_parameters: bool = False  # DDP option for models with conditionally used branches
     tracker: Literal["tensorboard", "none"] = "tensorboard"  # where scalars are logged
     log_scalars: bool = True  # False: the engine logs no scalars itself (callbacks log via engine.tensorboard)
+    skip_preflight: bool = False  # True: do not open every file of every split before training (the split and class counts are still checked)
     full_best_checkpoint: bool = False  # True: checkpoint_best also holds the resume state, like checkpoint_latest
 
 

@@ -1,11 +1,13 @@
 """ChestX-ray14 data: both CSV layouts, nested images, patient split, bad inputs with clear errors."""
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
-from shared.cxr14 import FINDINGS, ChestXray14Dataset, load_records, read_label_csv, split_records
+from shared.cxr14 import FINDINGS, ChestXray14Dataset, load_records, read_label_csv, split_dataset, split_records
 from shared.data import IMAGENET_MEAN, IMAGENET_STD, DataError, build_image_transform
 
 
@@ -73,10 +75,10 @@ def test_missing_image_is_named(tmp_path, tiny_cxr):
     table = pd.read_csv(csv_path)
     table.loc[len(table)] = ["99999999_000.png", "Mass", 0, 99999999]
     table.to_csv(tmp_path / "labels.csv", index=False)
-    with pytest.raises(DataError, match=r"(?s)1 unreadable or missing image.*not found: .*99999999_000.png"
-                                        r".*Set data.on_bad_image: skip"):
+    with pytest.raises(DataError, match=r"^1 of 91 images are missing, e.g. image not found: .*99999999_000.png "
+                                        r".*; set data.on_bad_image: skip to train without them\n"):
         load_records(tmp_path / "labels.csv", image_dir)
-    with pytest.raises(DataError, match=r"Set DATA.on_bad_image: skip"):  # hybridmednet's spelling of the key
+    with pytest.raises(DataError, match=r"set DATA.on_bad_image: skip"):  # hybridmednet's spelling of the key
         load_records(tmp_path / "labels.csv", image_dir, on_bad_image_key="DATA.on_bad_image")
     with pytest.raises(DataError, match=r"DATA.on_bad_image must be 'error' or 'skip', got 'ignore'"):
         load_records(tmp_path / "labels.csv", image_dir, on_bad_image="ignore", on_bad_image_key="DATA.on_bad_image")
@@ -89,10 +91,28 @@ def test_corrupt_png_is_named_and_skippable(tmp_path):
     (tmp_path / "images" / "00000002_000.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
     csv = tmp_path / "labels.csv"
     csv.write_text("Image Index,Finding Labels,Patient ID\n00000001_000.png,Mass,1\n00000002_000.png,Edema,2\n")
-    records = load_records(csv, tmp_path / "images")  # existence is checked up front; decoding fails on use
+    records = load_records(csv, tmp_path / "images")  # existence is checked here; decoding by the preflight
     with pytest.raises(DataError, match="cannot read image .*00000002_000.png"):
         ChestXray14Dataset(records)[1]
-    assert load_records(csv, tmp_path / "images", on_bad_image="skip").images == ["00000001_000.png"]
+    skipped = load_records(csv, tmp_path / "images", on_bad_image="skip")
+    assert skipped.images == ["00000001_000.png"] and skipped.verified  # decoded once: the preflight skips them
+
+
+def test_skipping_a_bad_image_moves_no_other_image(tmp_path, tiny_cxr):
+    """The split is made over every CSV row, then bad images drop out: the others keep their split (on main
+    the skip re-split the patients, and a resumed run tested on images it had trained on)."""
+    image_dir, csv_path = tiny_cxr
+    before = split_dataset(image_dir, csv_path, seed=5, on_bad_image="skip")
+    copy = tmp_path / "images"
+    shutil.copytree(image_dir, copy)
+    patient = before[0].patients[0]  # all images of one training patient go bad: one group fewer to split
+    victims = {path.name for path, p in zip(before[0].paths, before[0].patients) if p == patient}
+    for name in victims:
+        (copy / next(image_dir.rglob(name)).relative_to(image_dir)).write_bytes(b"not an image")
+    after = split_dataset(copy, csv_path, seed=5, on_bad_image="skip")
+    for old, new in zip(before, after):
+        assert new.images == [name for name in old.images if name not in victims]
+    assert [len(p) for p in after] == [len(before[0]) - len(victims), len(before[1]), len(before[2])]
 
 
 def test_csv_without_label_column_and_unknown_finding(tmp_path):
