@@ -42,7 +42,7 @@ from .loaders import channels_last_batch, make_loader, per_device_batch
 from .optim import create_optimizer, create_scheduler, fused_optimizer_kwargs
 from .preemption import EpochProgress, Preemption
 from .preflight import preflight
-from .resume import checkpoint_state, load_resume_state, plain, resume_path
+from .resume import checkpoint_state, load_resume_state, open_resume, plain
 from .run_folder import prepare_run_folder
 from .train_config import MIXED_PRECISION_CHOICES, EarlyStoppingConfig, TrainConfig
 
@@ -83,11 +83,12 @@ class Engine:
         self.run_config = run_config
         log_dir = Path(log_dir or self.output_dir / "logs")
         self.accelerator = make_accelerator(cfg, self.output_dir, log_dir)
+        splits = {"train": train_dataset, "val": val_dataset, **(held_out or {})}
+        resumed = open_resume(self, splits) if cfg.resume else None  # refused before anything is deleted or written
         prepare_run_folder(self, log_dir / project_name)  # refuses to overwrite a run; removes stale .tmp files
-        preflight(self, {"train": train_dataset, "val": val_dataset, **(held_out or {})})  # shared/preflight.py
+        preflight(self, splits)  # every file of every split opened, class counts, split.csv (shared/preflight.py)
         set_seed(cfg.seed)
         acc = self.accelerator
-
         self.channels_last = {"auto": acc.device.type == "cuda", "true": True, "false": False}[
             str(cfg.channels_last).lower()]
         if self.channels_last:
@@ -118,11 +119,10 @@ class Engine:
         self.best_ema_metric: float | None = None
         self.start_epoch, self.partial_epoch = 0, None  # partial_epoch: a mid-epoch checkpoint's progress
         self.preemption = Preemption()  # SIGTERM/SIGINT during fit: save, print the resume command, exit
-        self.global_step = 0
-        self.epoch = 0
+        self.global_step = self.epoch = 0
         self.history: list[dict] = []
-        if cfg.resume:
-            load_resume_state(self, resume_path(cfg, self.output_dir, self.checkpoint_path("latest")))
+        if resumed:
+            load_resume_state(self, *resumed)
 
         # A resumed run drops TensorBoard events written after its checkpoint (a killed run's partial
         # epoch) but keeps the checkpointed epoch's own metrics, logged at its last step.

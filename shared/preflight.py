@@ -132,12 +132,11 @@ def check_saved_split(path: Path, parts: Mapping[str, Sequence[str]]) -> None:
 
 
 def record_split(output_dir: Path, parts: Mapping[str, Sequence[str]], resume: bool) -> None:
-    """Write ``output_dir/split.csv``, or for a resumed run check the data against the one written before."""
+    """Write ``output_dir/split.csv``; a resumed run keeps the one written before (``shared.resume.open_resume``
+    has checked the data against it)."""
     path = Path(output_dir) / SPLIT_FILE
-    if resume and path.is_file():
-        check_saved_split(path, parts)
-        return
-    write_csv(path, ["sample", "part"], [(sample, part) for part, ids in parts.items() for sample in ids])
+    if not (resume and path.is_file()):
+        write_csv(path, ["sample", "part"], [(sample, part) for part, ids in parts.items() for sample in ids])
 
 
 # --------------------------------------------------------------------------------------- counts and groups

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -11,7 +12,9 @@ import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from .config import config_to_dict
+from .io import atomic_write
 from .optim import resume_scheduler
+from .preflight import SPLIT_FILE, check_saved_split, split_digest, split_parts
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -90,20 +93,39 @@ def checkpoint_state(engine: "Engine", kind: str, epoch: int, metrics: Mapping[s
     }
 
 
-def load_resume_state(engine: "Engine", path: Path) -> None:
-    """Load a full checkpoint written by :func:`checkpoint_state` into ``engine``; a clear
-    :class:`CheckpointError` for a weights-only checkpoint, other classes, or another model/optimizer."""
+def open_resume(engine: "Engine", splits: Mapping[str, Any]) -> tuple[Path, dict]:
+    """The checkpoint to resume and its state, checked before the run folder is touched (nothing deleted or
+    written for a resume that is refused): a full checkpoint, of this run's classes in this order and of
+    this run's split (``splits``: part -> dataset, see :mod:`shared.preflight`)."""
+    path = resume_path(engine.cfg, engine.output_dir, engine.checkpoint_path("latest"))
     state = load_checkpoint(path)
     if "optimizer" not in state:
         raise CheckpointError(f"{path} holds weights only (a best/export checkpoint); "
                               f"resume from {engine.checkpoint_names['latest']}")
     saved_classes, classes = state.get("class_names"), engine.checkpoint_extra.get("class_names")
     if saved_classes is not None and classes is not None and list(saved_classes) != list(classes):
-        raise CheckpointError(f"{path} was trained on classes {list(saved_classes)}, but this run has {list(classes)}")
-    saved_split, split = state.get("split_digest"), engine.checkpoint_extra.get("split_digest")
+        raise CheckpointError(f"{path} was trained on classes {list(saved_classes)}, but this run has {list(classes)}; "
+                              f"resume with that run's classes in that order, or start a new run without train.resume")
+    parts = split_parts(splits)
+    own_split = engine.output_dir / SPLIT_FILE
+    if parts and own_split.is_file() and path.resolve().parent == engine.checkpoint_dir.resolve():
+        check_saved_split(own_split, parts)  # this run's own split file: names the files that differ
+    saved_split, split = state.get("split_digest"), split_digest(parts) if parts else None
     if saved_split is not None and split is not None and saved_split != split:
         raise CheckpointError(f"{path} was trained on another split of the data (other files in train/val/test); "
                               f"resume with that run's data and split settings, or start a new run")
+    return path, state
+
+
+def load_resume_state(engine: "Engine", path: Path, state: Mapping[str, Any]) -> None:
+    """Load ``state`` (from :func:`open_resume`) into ``engine``; a clear :class:`CheckpointError` for another
+    model/optimizer. A checkpoint of another folder brings its best checkpoints along, so that this run's
+    ``load_best`` finds the best weights its restored best metric refers to."""
+    if path.resolve().parent != engine.checkpoint_dir.resolve() and engine.accelerator.is_main_process:
+        for kind in ("best", "best_ema"):
+            source = path.parent / engine.checkpoint_names[kind]
+            if source.is_file():
+                atomic_write(engine.checkpoint_path(kind), lambda tmp, source=source: shutil.copyfile(source, tmp))
     load_model_weights(engine.accelerator.unwrap_model(engine.model), state["model"], source=str(path))
     if engine.ema is not None and state.get("ema") is not None:
         load_model_weights(engine.ema.module, state["ema"], source=f"{path} (EMA)")

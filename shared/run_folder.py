@@ -90,7 +90,7 @@ def prepare_run_folder(engine: "Engine", tensorboard_dir: Path) -> None:
         if own and cfg.overwrite:
             raise ConfigError(f"train.resume continues the run in {engine.checkpoint_dir} and train.overwrite "
                               f"would delete it; pass only one of them")
-        if own or not existing or not source.is_file():  # a missing checkpoint: load_resume_state says so
+        if own or not existing or not source.is_file():  # a missing checkpoint: open_resume has said so
             return
         if not cfg.overwrite:
             raise _refusal(engine, existing, f"not resuming {source} into another run",

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import TensorDataset
 
-from shared import ConfigError, EarlyStoppingConfig, Engine, MultiLabelTask, TrainConfig
+from shared import CheckpointError, ConfigError, EarlyStoppingConfig, Engine, MultiLabelTask, TrainConfig
 from shared.losses import AsymmetricLoss
 from shared.run_folder import RunExistsError
 
@@ -109,3 +109,33 @@ def test_stale_temporary_files_are_removed_at_start_up_with_their_size(tmp_path,
     (run / "checkpoints" / ".checkpoint_latest.pth.q.tmp").write_bytes(b"z" * 7)
     train(cfg(run, epochs=2, resume=True))
     assert "(7 bytes)" in capsys.readouterr().out and not list(run.rglob(".*.tmp"))
+
+
+def test_a_refused_resume_deletes_and_writes_nothing_even_with_overwrite(tmp_path):
+    """The checkpoint is checked (classes, split) before train.overwrite deletes the folder's run: on main a
+    resume refused for its classes had already deleted the run it was to replace."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(cfg(a))
+    train(cfg(b))
+    b_files = {p: p.read_bytes() for p in b.rglob("*") if p.is_file()}
+    source = str(a / "checkpoints" / "checkpoint_latest.pth")
+    other_classes = MultiLabelTask(AsymmetricLoss(), list("cba"))
+    with pytest.raises(CheckpointError, match=r"trained on classes \['a', 'b', 'c'\], but this run has "
+                                              r"\['c', 'b', 'a'\]; resume with that run's classes in that order"):
+        Engine(cfg(b, epochs=2, resume=True, resume_checkpoint=source, overwrite=True), toy_model(), other_classes,
+               toy_data(), toy_data(16))
+    assert {p: p.read_bytes() for p in b.rglob("*") if p.is_file()} == b_files
+
+
+def test_resuming_another_folders_checkpoint_brings_its_best_checkpoints_along(tmp_path):
+    """Its best metric is restored, so load_best must find the best weights in the new folder even when no
+    resumed epoch beats them (on main it failed after all the training)."""
+    a, c = tmp_path / "a", tmp_path / "c"
+    train(cfg(a, epochs=2))
+    best = torch.load(a / "checkpoints" / "checkpoint_best_ema.pth", weights_only=True)
+    engine, _ = train(cfg(c, epochs=2, resume=True, resume_checkpoint=str(a / "checkpoints" / "checkpoint_latest.pth")))
+    assert engine.start_epoch == 2  # nothing left to train: the best weights are the first run's
+    copied = torch.load(c / "checkpoints" / "checkpoint_best_ema.pth", weights_only=True)
+    assert all(torch.equal(copied["model"][k], best["model"][k]) for k in best["model"])
+    model = engine.load_best(use_ema=True)
+    assert all(torch.equal(model.state_dict()[k], best["model"][k]) for k in best["model"])
