@@ -176,6 +176,17 @@ class VolumeDataset(Dataset):
         """The volume paths in index order (the ``sample`` column of ``results/<split>_predictions.csv``)."""
         return [str(record.path) for record in self.records]
 
+    @property
+    def labels(self) -> np.ndarray:
+        """The class index of every volume, from the records (no volume is read): the preflight's class counts."""
+        return np.array([record.label for record in self.records], dtype=np.int64)
+
+    @property
+    def groups(self) -> list[str]:
+        """The subject of every volume (the manifest's ``subject``, else the file name): the preflight warns
+        when one subject is in two splits."""
+        return [record.subject for record in self.records]
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         record = self.records[index]
         subject = (self.cache.subject(index) if self.cache is not None

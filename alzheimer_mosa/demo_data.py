@@ -38,7 +38,8 @@ def synthetic_volume(label: int, num_classes: int, size: int, rng: np.random.Gen
 
 def write_demo_dataset(root: Path, class_names: Sequence[str], split_sizes: Mapping[str, int] = DEMO_SPLIT_SIZES,
                        size: int = DEMO_VOLUME_SIZE, seed: int = 0) -> Path:
-    """Write ``root/<split>/<class>/demo_<i>.nii.gz`` (1 mm isotropic, RAS+); returns ``root``."""
+    """Write ``root/<split>/<class>/demo_<split>_<i>.nii.gz`` (1 mm isotropic, RAS+); returns ``root``. A file
+    name is a subject (:class:`~alzheimer_mosa.data_loader.VolumeRecord`), so no name is in two splits."""
     rng = np.random.default_rng(seed)
     for split, per_class in split_sizes.items():
         for label, name in enumerate(class_names):
@@ -46,7 +47,7 @@ def write_demo_dataset(root: Path, class_names: Sequence[str], split_sizes: Mapp
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(per_class):
                 volume = synthetic_volume(label, len(class_names), size, rng)
-                nib.save(nib.Nifti1Image(volume, np.eye(4)), folder / f"demo_{i:03d}.nii.gz")
+                nib.save(nib.Nifti1Image(volume, np.eye(4)), folder / f"demo_{split}_{i:03d}.nii.gz")
     return root
 
 

@@ -6,12 +6,13 @@ Every model is built from an architecture dict (:func:`architecture`), the same 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from torch import nn
 
-from shared import register_model
+from shared import ConfigError, register_model
 from alzheimer_mosa.config import Config
 from alzheimer_mosa.mosa_net import Mosa
 from alzheimer_mosa.mosa_net_simple import MosaShared
@@ -64,3 +65,17 @@ def build_mosa(cfg: Config) -> nn.Module:
 
 def model_kind(model: nn.Module) -> Literal["resnet3d", "mosa"]:
     return "resnet3d" if isinstance(model, ResNet3d) else "mosa"
+
+
+def check_training_batch(cfg: Config, processes: int) -> None:
+    """Refuse a training batch of one volume per device when the 3D ResNet's BatchNorm cannot train on it:
+    it normalises each channel over the batch and the voxels of its map, and the last stage's map is a single
+    voxel unless an axis of ``data.target_size`` exceeds 32 (PyTorch would stop at the first step)."""
+    voxels = math.prod(ResNet3d.feature_map_sizes(tuple(cfg.data.target_size))[-1])
+    divisor = processes * cfg.train.grad_accum_steps  # the global batch is split over both
+    if voxels == 1 and cfg.train.batch_size < 2 * divisor:
+        raise ConfigError(
+            f"train.batch_size must be >= {2 * divisor} here, got {cfg.train.batch_size}: split over {processes} "
+            f"process(es) x {cfg.train.grad_accum_steps} accumulation step(s) that is 1 volume per step, and the 3D "
+            f"ResNet's BatchNorm needs at least 2 in training when its last stage is one voxel (data.target_size "
+            f"{cfg.data.target_size}, every axis <= 32); raise train.batch_size or a data.target_size axis above 32")

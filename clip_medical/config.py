@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from shared import ConfigError, EarlyStoppingConfig, TrainConfig, config_from_dict, config_to_dict, read_json
+from shared import (ConfigError, EarlyStoppingConfig, SplitConfig, TrainConfig, check_image_size, config_from_dict,
+                    config_to_dict, read_json)
 from shared.config import UNSET, switch_value
-from clip_medical.models import IMAGE_ENCODERS
+from clip_medical.models import IMAGE_ENCODERS, image_encoder_stride
 
 ImageEncoderName = Literal[tuple(IMAGE_ENCODERS)]  # the guide's encoder names (see models/image_encoders.py)
 
@@ -71,6 +72,7 @@ class ClipTrainConfig:
     pretrained: bool = True  # ImageNet weights for the image encoder when available
     balanced_sampling: bool = False  # draw every class equally often during training
     val_fraction: float = 0.2  # held-out share without use_cv (stratified, seeded by train.seed)
+    split: SplitConfig = field(default_factory=SplitConfig)  # by image, or by patient (validation split and CV folds)
     use_cv: bool = False  # stratified K-fold cross-validation, a fresh model per fold
     n_splits: int = 5  # number of folds with use_cv
     gpu_id: int = 0  # CUDA device of a single-process run (accelerate launch assigns devices itself)
@@ -95,7 +97,6 @@ class ClipTrainConfig:
             (train.epochs >= 1, f"--epochs must be >= 1, got {train.epochs}"),
             (train.batch_size >= 2, f"--batch-size must be >= 2 for a contrastive loss, got {train.batch_size}"),
             (train.lr > 0, f"--learning-rate must be > 0, got {train.lr}"),
-            (self.img_size >= 32, f"--img-size must be >= 32, got {self.img_size}"),
             (self.embed_dim >= 1, f"--embed-dim must be >= 1, got {self.embed_dim}"),
             (0.01 <= self.temperature <= 1.0, f"--temperature must lie in [0.01, 1], got {self.temperature}"),
             (self.n_splits >= 2, f"--n-splits must be >= 2, got {self.n_splits}"),
@@ -108,6 +109,8 @@ class ClipTrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        check_image_size(self.img_size, image_encoder_stride(self.image_encoder_name), "img_size",
+                         self.image_encoder_name)
 
 
 # ------------------------------------------------------------------------------ multi-config entries

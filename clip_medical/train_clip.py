@@ -1,8 +1,9 @@
 """Train a CLIP-style image-text model on class-folder medical images (the guide's train_clip.py).
 
-Three modes, as in the guide: a single run (stratified 80/20 split), K-fold cross-validation (--use-cv),
-and several configurations from a JSON list (--multi-config --config-file FILE). Settings: the keys below
-(--train.lr 1e-4, --set train.lr=1e-4, --config FILE.yaml) or the guide's flags (--learning-rate 1e-4).
+Three modes, as in the guide: a single run (stratified 80/20 split), K-fold cross-validation (--use-cv), and
+several configurations from a JSON list (--multi-config --config-file FILE); --split.group_pattern splits by
+patient. Settings: the keys below (--train.lr 1e-4, --set train.lr=1e-4, --config FILE.yaml) or the guide's
+flags (--learning-rate 1e-4).
 The same command runs under accelerate launch --multi_gpu --num_processes 8 clip_medical/train_clip.py ...
 
     python clip_medical/train_clip.py --data-dir single_label_data --output-dir runs/clip/my_model \\
@@ -73,6 +74,7 @@ def train_split(cfg: ClipTrainConfig, data: ClassFolderData, train_idx: np.ndarr
         checkpoint_dir=run_dir, run_config=cfg,  # without a best checkpoint (--no-save-best) the final model is evaluated
         checkpoint_extra={"class_to_idx": data.class_to_idx, "class_texts": dict(zip(data.class_names, data.class_texts))},
         sample_weights=class_balanced_weights(train_set.labels) if cfg.balanced_sampling else None,
+        held_out={"test": splits["test"]} if "test" in splits else None,
     )
     history = engine.fit()
     with cjk_plotting():
@@ -94,7 +96,7 @@ def train_split(cfg: ClipTrainConfig, data: ClassFolderData, train_idx: np.ndarr
 def run_config(cfg: ClipTrainConfig) -> dict[str, Any]:
     """One configuration: a single split, or K folds with a fresh model each."""
     cfg.validate()
-    data = ClassFolderData.scan(cfg.data_dir, cfg.class_texts_file, cfg.text_template)
+    data = ClassFolderData.scan(cfg.data_dir, cfg.class_texts_file, cfg.text_template, cfg.split.group_pattern)
     out = Path(cfg.train.output_dir)
     refuse_existing_runs(out, cfg.train)  # before config.json of an earlier run (or its folds) is replaced
     if process_state().is_main_process:
@@ -102,11 +104,12 @@ def run_config(cfg: ClipTrainConfig) -> dict[str, Any]:
         write_json(out / "class_texts.json", dict(zip(data.class_names, data.class_texts)))
     logger.info("%d images in %d classes %s", len(data.labels), len(data.class_names), data.class_names)
     if not cfg.use_cv:
-        train_idx, val_idx = train_val_split(data.labels, cfg.val_fraction, cfg.train.seed)
+        train_idx, val_idx = train_val_split(data.labels, cfg.val_fraction, cfg.train.seed, data.groups)
         return train_split(cfg, data, train_idx, val_idx, out)
 
     results = []
-    for fold, (train_idx, val_idx) in enumerate(cross_validation_folds(data.labels, cfg.n_splits, cfg.train.seed), 1):
+    folds = cross_validation_folds(data.labels, cfg.n_splits, cfg.train.seed, data.groups)
+    for fold, (train_idx, val_idx) in enumerate(folds, 1):
         logger.info("fold %d/%d: %d train, %d val images", fold, cfg.n_splits, len(train_idx), len(val_idx))
         results.append({"fold": fold, **train_split(cfg, data, train_idx, val_idx, out / f"fold_{fold}")})
     summary = summarize_folds(results)

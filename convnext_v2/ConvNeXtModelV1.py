@@ -16,6 +16,7 @@ For an (N, 3, H, W) image the network is:
 
 from __future__ import annotations
 
+import math
 import os
 from typing import NamedTuple, Sequence
 
@@ -136,6 +137,10 @@ class ConvNeXt(nn.Module):
             self.downsample_layers.append(
                 nn.Sequential(LayerNorm2d(dims[i], eps=1e-6), nn.Conv2d(dims[i], dims[i + 1], kernel_size=2, stride=2))
             )
+        # timm's description of the stage outputs; its reductions (4, 8, 16, 32) tell how small an image may be
+        strides = [m.stride[0] for layer in self.downsample_layers for m in layer if isinstance(m, nn.Conv2d)]
+        self.feature_info = [{"num_chs": dim, "reduction": math.prod(strides[: i + 1]), "module": f"stages.{i}"}
+                             for i, dim in enumerate(dims)]
 
         num_blocks = sum(depths)
         drop_path_rates = [drop_path_rate * i / max(num_blocks - 1, 1) for i in range(num_blocks)]

@@ -7,9 +7,9 @@
 
 The source document's trainer keywords are other spellings of config keys (:data:`SOURCE_ALIASES`):
 ``--learning-rate 3e-4``, ``--use-mixup false``, ``--scheduler-type step``, ``--use-amp``, ``--no-amp``, ...
-``DIR`` holds one folder of images per class; without ``--val-dir`` it is split (stratified, seeded)
-by ``--split`` into train/val or train/val/test. After training, the best weights (raw or EMA, whichever
-validated better) are evaluated on every split into ``results/`` and exported to ``export/``.
+``DIR`` holds one folder of images per class; without ``--val-dir`` it is split (stratified, seeded, by patient
+with ``--split.group_pattern``) by ``--split.fractions`` into train/val[/test]. After training, the best weights
+(raw or EMA, whichever validated better) are evaluated on every split into ``results/`` and exported to ``export/``.
 """
 from __future__ import annotations
 
@@ -21,13 +21,14 @@ from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import Dataset
 
-from convnext_v2.data import AugmentConfig, build_eval_transform, build_train_transform, class_folder, \
-    split_class_folder
+from convnext_v2.data import AugmentConfig, ClassFolderSplit, build_eval_transform, build_train_transform, \
+    class_folder, split_class_folder
 from convnext_v2.mixing import MixConfig, MixUpCutMix
 from convnext_v2.model import architecture, create_model
 from convnext_v2.task import ClassificationTask, best_is_ema, plot_curves
 from shared import (ConfigError, EarlyStoppingConfig, Engine, IMAGENET_MEAN, IMAGENET_STD, Preprocessing,
-                    SoftTargetCrossEntropy, TrainConfig, evaluate_best, export_model, parse_cli, run_cli)
+                    SoftTargetCrossEntropy, TrainConfig, check_image_size, evaluate_best, export_model, parse_cli,
+                    run_cli, total_stride)
 
 DESCRIPTION = "Train a ConvNeXt V1/V2 classifier on class folders."
 
@@ -56,7 +57,7 @@ def default_train_config(**overrides: Any) -> TrainConfig:
 class RunConfig:
     data_dir: str = ""  # class folders: <data_dir>/<class name>/<image> (required on the command line)
     val_dir: str = ""  # separate validation class folders (same classes); then all of data_dir trains
-    split: list[float] = field(default_factory=lambda: [0.8, 0.2])  # train/val[/test] fractions of data_dir
+    split: ClassFolderSplit = field(default_factory=ClassFolderSplit)  # how data_dir is split (without val_dir)
     model: str = "convnextv2_tiny"  # convnext_{tiny,small,base,large,xlarge} or convnextv2_{atto,...,huge}
     pretrained: str = ""  # "" = random init, "hub" = timm's ImageNet-1k weights, or an official/timm weights file
     drop_path_rate: float = 0.1  # stochastic depth of the last block, rising linearly from 0 at the first
@@ -67,13 +68,13 @@ class RunConfig:
 
 
 def build_engine(cfg: RunConfig, model: nn.Module, train_set: Dataset, val_set: Dataset | None = None, *,
-                 class_names: Sequence[str], collate_fn=None) -> Engine:
+                 class_names: Sequence[str], collate_fn=None, held_out=None) -> Engine:
     """The one training path: ``cfg.train`` as it is; MixUp/CutMix + soft-target cross-entropy in training,
     plain cross-entropy on the true labels in evaluation."""
     task = ClassificationTask(nn.CrossEntropyLoss(), class_names, train_loss_fn=SoftTargetCrossEntropy(),
                               batch_transform=MixUpCutMix.from_config(len(class_names), cfg.mix))
     return Engine(cfg.train, model, task, train_set, val_set, collate_fn=collate_fn, run_config=cfg,
-                  project_name="convnext_v2")
+                  project_name="convnext_v2", held_out=held_out)
 
 
 def export_best(engine: Engine, image_size: int, use_ema: bool) -> Path:
@@ -101,13 +102,12 @@ def parse_config(argv: Sequence[str] | None = None, defaults: type[RunConfig] = 
 def build_datasets(cfg: RunConfig) -> list[Dataset]:
     """[train, val] or [train, val, test] datasets with the training augmentations on the first."""
     train_tf, eval_tf = build_train_transform(cfg.image_size, cfg.augment), build_eval_transform(cfg.image_size)
+    split = cfg.split
     if cfg.val_dir:
-        train = class_folder(cfg.data_dir, train_tf)
-        return [train, class_folder(cfg.val_dir, eval_tf, class_names=train.class_names)]
-    if len(cfg.split) not in (2, 3):
-        raise ValueError(f"split needs 2 (train/val) or 3 (train/val/test) fractions, got {cfg.split}")
-    transforms = [train_tf] + [eval_tf] * (len(cfg.split) - 1)
-    return split_class_folder(cfg.data_dir, cfg.split, cfg.train.seed, transforms)
+        train = class_folder(cfg.data_dir, train_tf, group_pattern=split.group_pattern)
+        return [train, class_folder(cfg.val_dir, eval_tf, train.class_names, split.group_pattern)]
+    transforms = [train_tf] + [eval_tf] * (len(split.fractions) - 1)
+    return split_class_folder(cfg.data_dir, split.fractions, cfg.train.seed, transforms, split.group_pattern)
 
 
 def main(argv: Sequence[str] | None = None, defaults: type[RunConfig] = RunConfig,
@@ -119,7 +119,8 @@ def main(argv: Sequence[str] | None = None, defaults: type[RunConfig] = RunConfi
     set_seed(cfg.train.seed)  # the model's random initialisation is part of the seeded run
     model = create_model(cfg.model, num_classes=len(class_names), drop_path_rate=cfg.drop_path_rate,
                          pretrained={"": False, "hub": True}.get(cfg.pretrained, cfg.pretrained))
-    engine = build_engine(cfg, model, datasets[0], datasets[1], class_names=class_names)
+    check_image_size(cfg.image_size, total_stride(model), "image_size", cfg.model)
+    engine = build_engine(cfg, model, *datasets[:2], class_names=class_names, held_out=dict(zip(["test"], datasets[2:])))
     engine.accelerator.print(
         f"{cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, {len(class_names)} "
         "classes; " + ", ".join(f"{name} {len(data)}" for name, data in zip(["train", "val", "test"], datasets))

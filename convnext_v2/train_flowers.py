@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from convnext_v2.data import ClassFolderSplit
 from convnext_v2.train import RunConfig, default_train_config, main as train_main
 from shared import TrainConfig, run_cli
 
@@ -22,7 +23,8 @@ from shared import TrainConfig, run_cli
 @dataclass
 class FlowersConfig(RunConfig):
     data_dir: str = "./data/flower_photos"  # the TensorFlow flower_photos layout: daisy/, dandelion/, roses/, ...
-    split: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])  # train/val/test fractions of data_dir
+    split: ClassFolderSplit = field(  # train/val/test fractions of data_dir
+        default_factory=lambda: ClassFolderSplit(fractions=[0.7, 0.15, 0.15]))
     train: TrainConfig = field(  # the shared training settings
         default_factory=lambda: default_train_config(output_dir="runs/flowers", epochs=30))
 

@@ -13,8 +13,9 @@ from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, sa
     strip_module_prefix
 from .cli import parse_cli, run_cli
 from .config import ConfigError, config_from_dict, config_to_dict, load_config, parse_overrides, save_config
-from .data import DataError, IMAGENET_MEAN, IMAGENET_STD, ImageNormalize, build_image_transform, \
-    find_unreadable_images,     group_split, load_image, pre_crop_size, scan_class_folders, stratified_split
+from .data import DataError, IMAGENET_MEAN, IMAGENET_STD, ImageNormalize, SplitConfig, build_image_transform, \
+    check_image_size, group_ids, group_split, load_image, pre_crop_size, scan_class_folders, \
+    stratified_folds, stratified_group_split, stratified_split, total_stride
 from .engine import Callback, EarlyStopping, EarlyStoppingConfig, Engine, NonFiniteLossError, Task, TrainConfig, \
     fused_optimizer_kwargs, process_state, resolve_mixed_precision
 from .evaluation import class_probabilities, evaluate_best, write_split_results
@@ -31,8 +32,9 @@ __all__ = [
     "load_export", "read_export_info", "register_model", "atomic_write", "read_json", "write_csv", "write_json",
     "CheckpointError", "export_model", "load_checkpoint", "load_model_weights", "save_checkpoint",
     "strip_module_prefix", "ConfigError", "config_from_dict", "config_to_dict", "load_config", "parse_overrides", "save_config",
-    "DataError", "IMAGENET_MEAN", "IMAGENET_STD", "ImageNormalize", "build_image_transform", "find_unreadable_images", "group_split",
-    "load_image", "pre_crop_size", "scan_class_folders", "stratified_split", "Callback", "EarlyStopping", "EarlyStoppingConfig",
+    "DataError", "IMAGENET_MEAN", "IMAGENET_STD", "ImageNormalize", "build_image_transform", "group_split",
+    "load_image", "pre_crop_size", "scan_class_folders", "stratified_split", "SplitConfig", "check_image_size",
+    "group_ids", "stratified_folds", "stratified_group_split", "total_stride", "Callback", "EarlyStopping", "EarlyStoppingConfig",
     "Engine", "NonFiniteLossError", "fused_optimizer_kwargs", "process_state", "resolve_mixed_precision", "Task", "TrainConfig", "AsymmetricLoss", "BinaryFocalLoss", "FocalLoss",
     "SoftTargetCrossEntropy", "build_loss", "pos_weight_from_labels", "multiclass_metrics", "multilabel_metrics",
     "tune_thresholds", "MultiClassTask", "MultiLabelTask", "plot_confusion_matrix", "plot_pr_curves", "plot_roc_curves", "plot_training_curves",

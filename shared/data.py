@@ -1,7 +1,10 @@
-"""Data helpers shared by the 2D projects: safe image reading, class folders, seeded splits, transforms."""
+"""Data helpers shared by the 2D projects: safe image reading, class folders, seeded splits (by image or by
+patient), transforms, and the image-size check against a network's total stride."""
 from __future__ import annotations
 
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -9,12 +12,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image, UnidentifiedImageError
-from sklearn.model_selection import GroupShuffleSplit, train_test_split
+from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, StratifiedKFold, train_test_split
 from torchvision.transforms import v2
+
+from .config import ConfigError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_GROUP_FOLDS = 20  # stratified_group_split: finer folds would hold too few patients to stratify
 
 
 class DataError(ValueError):
@@ -60,17 +66,6 @@ def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:
         raise DataError(f"cannot read image {path}: {err}") from err
 
 
-def find_unreadable_images(paths: Sequence[str | Path]) -> list[tuple[Path, str]]:
-    """(path, reason) for every image that is missing or cannot be decoded."""
-    bad = []
-    for path in paths:
-        try:
-            load_image(path, mode="L")
-        except DataError as err:
-            bad.append((Path(path), str(err)))
-    return bad
-
-
 def describe_bad_images(bad: list[tuple[Path, str]], limit: int = 5) -> str:
     listed = "\n  ".join(reason for _, reason in bad[:limit])
     more = f"\n  ... and {len(bad) - limit} more" if len(bad) > limit else ""
@@ -103,11 +98,53 @@ def scan_class_folders(root: str | Path, extensions: Sequence[str] = IMAGE_EXTEN
     return samples, class_names
 
 
-def stratified_split(labels: Sequence[int], fractions: Sequence[float], seed: int) -> list[np.ndarray]:
-    """Index arrays for consecutive parts (e.g. 0.7/0.15/0.15) with class proportions kept."""
+@dataclass
+class SplitConfig:
+    """How class-folder images are split: by image, or by a group id (the patient) read from the file name, so
+    that no patient has images on both sides of a split (one patient's images look alike: a by-image split
+    validates on near-copies of training images and overstates how well the model generalises)."""
+
+    group_pattern: str = ""  # regex searched in each file name; its first group (or the match) is the patient id, e.g. person(\d+) for Kermany's person123_bacteria_456.jpeg; "" = split by image
+
+    def __post_init__(self) -> None:
+        try:
+            re.compile(self.group_pattern)
+        except re.error as err:
+            raise ConfigError(f"split.group_pattern: '{self.group_pattern}' is not a valid regular expression "
+                              f"({err}); write one whose first group is the patient id, e.g. person(\\d+)") from None
+
+
+def group_ids(paths: Sequence[str | Path], pattern: str) -> list[str]:
+    """One group id per file: the first capture group of ``pattern`` (or its whole match) searched in the file
+    name; without a pattern the path itself, so every image is its own group."""
+    if not pattern:
+        return [str(path) for path in paths]
+    regex = re.compile(pattern)
+    ids = []
+    for path in paths:
+        match = regex.search(Path(path).name)
+        group = match and (match.group(1) if regex.groups else match.group(0))
+        if not group:
+            raise DataError(f"{path}: the file name does not match split.group_pattern '{pattern}', so its patient "
+                            "is unknown; widen the pattern to cover every file name (or rename the file)")
+        ids.append(group)
+    return ids
+
+
+def _shares_groups(groups: Sequence | None) -> bool:
+    """True when some group holds several images; groups of one image each split exactly like images."""
+    return groups is not None and len(set(groups)) < len(groups)
+
+
+def stratified_split(labels: Sequence[int], fractions: Sequence[float], seed: int,
+                     groups: Sequence | None = None) -> list[np.ndarray]:
+    """Index arrays for consecutive parts (e.g. 0.7/0.15/0.15) with class proportions kept; with ``groups``
+    (patient ids) holding several images, every group lands in one part (:func:`stratified_group_split`)."""
     labels = np.asarray(labels)
     if not np.isclose(sum(fractions), 1.0):
         raise ValueError(f"split fractions must sum to 1, got {fractions}")
+    if _shares_groups(groups):
+        return stratified_group_split(labels, groups, fractions, seed)
     remaining = np.arange(len(labels))
     parts = []
     for fraction in fractions[:-1]:
@@ -118,6 +155,39 @@ def stratified_split(labels: Sequence[int], fractions: Sequence[float], seed: in
         parts.append(np.sort(take))
     parts.append(np.sort(remaining))
     return parts
+
+
+def stratified_group_split(labels: Sequence[int], groups: Sequence, fractions: Sequence[float],
+                           seed: int) -> list[np.ndarray]:
+    """Parts with every group in one part and class proportions kept as far as whole groups allow.
+
+    sklearn's StratifiedGroupKFold cuts the data into k folds of whole groups with similar class mixes; the
+    parts take consecutive folds by their fractions. k is the fewest folds that come closest to the fractions
+    (5 for 0.8/0.2, 20 for 0.7/0.15/0.15), at most 20 and at most the groups of the smallest class, so that
+    every fold can hold every class.
+    """
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    bounds = np.cumsum([0.0, *fractions])
+    smallest = min(len(set(groups[labels == label])) for label in np.unique(labels))
+    most = min(MAX_GROUP_FOLDS, len(set(groups)), max(smallest, len(fractions)))
+    edges = {k: np.floor(bounds * k + 0.5).astype(int) for k in range(2, most + 1)}
+    edges = {k: e for k, e in edges.items() if np.all(np.diff(e) >= 1)}  # every part gets a fold
+    if not edges:
+        raise DataError(f"{len(set(groups))} groups (split.group_pattern) cannot fill the {len(fractions)} parts "
+                        f"{list(fractions)}: every part needs whole groups; use fewer parts or more patients")
+    folds = min(edges, key=lambda k: (round(float(np.abs(edges[k] / k - bounds).max()), 3), k))
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    fold_parts = [val for _, val in splitter.split(np.zeros(len(labels)), labels, groups)]
+    return [np.sort(np.concatenate(fold_parts[a:b])) for a, b in zip(edges[folds][:-1], edges[folds][1:])]
+
+
+def stratified_folds(labels: Sequence[int], n_splits: int, seed: int,
+                     groups: Sequence | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, val) index pairs of a shuffled, seeded stratified k-fold: StratifiedKFold by image, or
+    StratifiedGroupKFold when ``groups`` (patient ids) hold several images, so no patient is on both sides."""
+    labels, grouped = np.asarray(labels), _shares_groups(groups)
+    splitter = (StratifiedGroupKFold if grouped else StratifiedKFold)(n_splits=n_splits, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(labels)), labels, groups if grouped else None))
 
 
 def group_split(groups: Sequence, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
@@ -150,6 +220,22 @@ def pre_crop_size(image_size: int, margin: float) -> int:
     """Side length an image is resized to before its random crop to ``image_size`` (e.g. 0.15 -> 15 % larger);
     the preprocessed cache stores images at this size."""
     return int(round(image_size * (1 + margin)))
+
+
+def total_stride(model: nn.Module) -> int:
+    """How many input pixels per side one cell of the network's last feature map covers, read from timm's
+    ``feature_info`` (which every timm model and this repository's own backbones declare)."""
+    return max(int(info["reduction"]) for info in model.feature_info)
+
+
+def check_image_size(image_size: int, stride: int, key: str, network: str) -> None:
+    """Refuse an image size below the network's total stride before training: there a strided convolution or
+    pooling fails deep inside the first forward pass (ConvNeXt, Swin, Vision Mamba), or the last stage sees
+    padding only (ResNet), neither of which says which setting to change."""
+    if image_size < stride:
+        raise ConfigError(f"{key}={image_size} is too small for {network}, which downsamples by {stride} (its last "
+                          f"stage would get less than one pixel); set {key} to {stride} or more, best a multiple "
+                          f"of {stride}")
 
 
 def build_image_transform(size: int, train: bool, augmentation: str = "standard",

@@ -131,6 +131,20 @@ def test_class_folders_follow_config_order(make_config, demo_root):
     assert image.shape == (1, 16, 16, 16) and label in (0, 1)
 
 
+def test_datasets_expose_labels_and_subjects_for_the_preflight(make_config, demo_root, tmp_path):
+    """Class folders: the file name is the subject, and the demo names differ between splits; a manifest's
+    ``subject`` column is used as it is."""
+    datasets = build_datasets(make_config())
+    train = datasets["train"]
+    assert train.labels.dtype == np.int64 and train.labels.tolist() == [r.label for r in train.records]
+    assert np.bincount(train.labels).tolist() == [4, 4]
+    assert train.groups == [r.path.name.split(".")[0] for r in train.records]
+    assert not set(train.groups) & (set(datasets["val"].groups) | set(datasets["test"].groups))
+    manifest = build_datasets(make_config(data={"data_root": str(write_manifest(tmp_path, demo_root, True))}))
+    assert manifest["val"].groups == [f"{r.path.parent.name}_{r.path.name.split('.')[0][-3:]}"
+                                      for r in manifest["val"].records]
+
+
 def test_empty_and_unknown_class_folders_are_errors(make_config, tmp_path):
     for split in ("train", "val"):
         save_nifti(tmp_path / "data" / split / "CN" / "a.nii.gz", np.ones((4, 4, 4)))
@@ -148,7 +162,7 @@ def write_manifest(tmp_path, demo_root, with_split: bool):
     rows = []
     for path in sorted(demo_root.rglob("*.nii.gz")):
         split, label = path.parent.parent.name, path.parent.name
-        row = {"path": str(path.relative_to(demo_root)), "label": label, "subject": f"{label}_{path.stem[:8]}"}
+        row = {"path": str(path.relative_to(demo_root)), "label": label, "subject": f"{label}_{path.name.split('.')[0][-3:]}"}
         rows.append({**row, "split": split} if with_split else row)
     csv = demo_root / f"manifest_{with_split}.csv"
     pd.DataFrame(rows).to_csv(csv, index=False)
@@ -163,7 +177,7 @@ def test_manifest_with_split_column(make_config, demo_root, tmp_path):
 
 
 def test_manifest_without_split_keeps_each_subject_in_one_split(make_config, demo_root, tmp_path):
-    csv = write_manifest(tmp_path, demo_root, with_split=False)  # demo_000 of every split is one subject
+    csv = write_manifest(tmp_path, demo_root, with_split=False)  # demo_<split>_000 of every split is one subject
     cfg = make_config(data={"data_root": str(csv), "val_fraction": 0.25, "test_fraction": 0.25})
     splits = load_split_records(cfg.data, seed=0)
     subjects = {s: {r.subject for r in records} for s, records in splits.items()}

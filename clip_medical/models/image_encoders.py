@@ -10,8 +10,10 @@ import logging
 from dataclasses import dataclass
 
 import timm
+import torch
 import torch.nn as nn
 
+from shared import total_stride
 from clip_medical.models.starnet_dual_pyramid_rcf import StarNetDualPyramidRCF
 
 logger = logging.getLogger(__name__)
@@ -71,3 +73,10 @@ def build_image_encoder(name: str, pretrained: bool = True, img_size: int = 224)
     except KeyError:
         raise ValueError(f"Unknown image encoder '{name}'. Choose one of: {', '.join(IMAGE_ENCODERS)}") from None
     return spec.build(pretrained=pretrained, img_size=img_size)
+
+
+def image_encoder_stride(name: str) -> int:
+    """The total stride of an encoder (the smallest image size it takes), read from a weightless copy built on
+    the meta device: no memory, no download, so settings can be checked before anything is loaded."""
+    with torch.device("meta"):
+        return total_stride(build_image_encoder(name, pretrained=False))

@@ -140,6 +140,7 @@ class StarNetDualPyramidRCF(nn.Module):
         )
         self.fusions = nn.ModuleList(GatedFusion(dim) for dim in dims)
         self.num_features = dims[-1]
+        self.feature_info = local_pyramid.feature_info  # the global pyramid runs at the same strides 4 / 8 / 16 / 32
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         # images: [B, 3, H, W] -> feature map [B, num_features, ceil(H/32), ceil(W/32)]

@@ -9,7 +9,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from convnext_v2.data import AugmentConfig, build_train_transform, split_class_folder
-from convnext_v2.train import RunConfig, build_datasets, parse_config
+from convnext_v2.train import build_datasets, parse_config
 from shared import ConfigError, DataError
 
 
@@ -77,8 +77,8 @@ def test_build_datasets_with_separate_val_dir(tmp_path):
     )
     train, val = build_datasets(cfg)
     assert (len(train), len(val)) == (6, 3) and val[0][0].shape == (3, 16, 16)
-    with pytest.raises(ValueError, match="2 .* or 3"):
-        build_datasets(RunConfig(data_dir=str(tmp_path / "train"), split=[1.0]))
+    with pytest.raises(ConfigError, match="split.fractions needs 2 .* or 3"):
+        parse_config(["--data-dir", str(tmp_path / "train"), "--split.fractions", "[1.0]"])
 
 
 def test_command_line_errors(tmp_path):

@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Iterator, Literal, Optional, Sequence, Union
 
-from shared import ConfigError, EarlyStoppingConfig, TrainConfig, load_config
+from shared import ConfigError, EarlyStoppingConfig, TrainConfig, check_image_size, load_config
+from hybridmednet.models.backbones import EXPECTED_STRIDES
 
 #: Default grouping of the 14 ChestX-ray14 findings into 3 coarse classes (``num_coarse_classes``).
 #: lung_opacity: findings seen as opacities in the lung fields; pleural: findings of the pleural
@@ -145,6 +146,11 @@ class Config:
     DATA: DataSection = field(default_factory=DataSection)  # where the X-rays are, the split, augmentation
     LOSS: LossSection = field(default_factory=LossSection)  # the finding loss and the hierarchical weights
     train: TrainConfig = field(default_factory=default_train)  # the shared engine (the guide's TRAIN keys)
+
+    def __post_init__(self):
+        # every backbone ends its feature pyramid at stride EXPECTED_STRIDES[-1] (checked when it is built)
+        check_image_size(self.DATA["image_size"], EXPECTED_STRIDES[-1], "DATA.image_size",
+                         f"HybridMedNet (MODEL.backbone={self.MODEL['backbone']})")
 
     @classmethod
     def load(cls, path: str | None = None, argv: Sequence[str] = ()) -> "Config":
