@@ -8,9 +8,13 @@ loss sums), prints the command line that resumes, closes the trackers and exits 
 ``train.save_every_steps`` writes the same mid-epoch checkpoint every N optimizer steps.
 
 A resumed mid-epoch checkpoint continues its epoch: the batches already done are skipped without being
-loaded (Accelerate's ``skip_first_batches``; the epoch's order is a function of (seed, epoch)), and the
-Python/NumPy/torch generators are those saved at the step, so with randomness in the model (dropout) and
-``num_workers: 0`` the resumed run's weights equal an uninterrupted run's bit for bit.
+loaded (Accelerate's ``skip_first_batches``). The epoch's order is a function of (seed, epoch) and every
+sample's augmentation draws a function of (seed, epoch, its position in that order) (shared/loaders.py), so
+the remaining batches are exactly the uninterrupted run's whatever ``num_workers`` and however many batches
+are skipped; the main process's Python/NumPy/torch/CUDA generators (dropout, MixUp) are restored as saved at
+the step. So with randomness in the model and the augmentations, the resumed run's weights equal an
+uninterrupted run's bit for bit, with any ``num_workers``, as long as the model's own kernels are
+deterministic (tests/test_fault_injection.py kills runs with SIGKILL and SIGTERM at random steps).
 """
 from __future__ import annotations
 

@@ -150,8 +150,9 @@ def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 def report_counts(datasets: Mapping[str, Dataset], class_names: Sequence[str] | None) -> str:
     """Refuse an empty split or a one-class training split; return the class-count table as text."""
-    names = list(class_names or [])
-    lines = [f"{'split':<8}{'samples':>9}  " + "  ".join(names)] if names else []
+    with_labels = any(getattr(ds, "labels", None) is not None for ds in datasets.values())
+    names = list(class_names or []) if with_labels else []
+    lines = [f"{'split':<8}{'samples':>9}  " + "  ".join(names)]
     for part, dataset in datasets.items():
         if len(dataset) == 0:
             raise DataError(f"the {part} split is empty: check the data folder/CSV and the split settings")
@@ -203,11 +204,12 @@ def preflight(engine: "Engine", datasets: Mapping[str, Dataset | None]) -> None:
         warnings.warn(f"{len(overlap)} patient/group id(s) are in more than one split (e.g. {group!r} in "
                       f"{' and '.join(where)}): validation and test scores will be optimistic; split by group "
                       f"(split.group_pattern for class folders)")
-    if cfg.skip_preflight:
-        acc.print("train.skip_preflight: the files were not opened before training")
-        return
     files = [s for name, ds in datasets.items() if not getattr(ds, "files_verified", False)
              for s in parts.get(name, [])]
+    if cfg.skip_preflight and files:
+        acc.print("train.skip_preflight: the files were not opened before training")
+    if cfg.skip_preflight or not files:
+        return
     mine = files[acc.process_index::acc.num_processes]
     bad = find_bad_files(mine, default_check_workers(acc.num_processes), progress=cfg.progress_bar and acc.is_main_process,
                          description="preflight: opening every file")

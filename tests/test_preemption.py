@@ -1,11 +1,8 @@
 """SIGTERM/SIGINT during fit: finish the step, save a mid-epoch checkpoint_latest, exit 143/130; resuming it
-continues the epoch and ends with the weights of an uninterrupted run, bit for bit."""
+continues the epoch and ends with the weights of an uninterrupted run, bit for bit. Killed training processes
+(SIGKILL and SIGTERM, with loader workers): tests/test_fault_injection.py."""
 import os
 import signal
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +11,6 @@ from torch.utils.data import TensorDataset
 
 from shared import Callback, EarlyStoppingConfig, Engine, MultiLabelTask, TrainConfig, load_checkpoint
 from shared.losses import AsymmetricLoss
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def toy_data(n=96, seed=0):
@@ -121,63 +116,3 @@ def test_a_signal_during_validation_stops_at_the_end_of_the_epoch(tmp_path):
     assert exited.value.code == 143
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "checkpoint_latest.pth")
     assert state["epoch"] == 1 and state["partial_epoch"] is None  # save_every=2 skipped it; the signal saved it
-
-
-SCRIPT = textwrap.dedent('''
-    import sys, time
-    sys.path.insert(0, {repo!r})
-    import torch
-    torch.set_num_threads(1)
-    from shared import Callback
-    sys.path.insert(0, {tests!r})
-    from test_preemption import engine_for, make_cfg
-
-    class Slow(Callback):  # prints each step, so the test knows when to send the signal
-        def on_train_batch_end(self, engine, batch, outputs):
-            print(f"step {{engine.global_step}}", flush=True)
-            time.sleep(float(sys.argv[3]))
-
-    engine = engine_for(make_cfg(sys.argv[1], resume=sys.argv[2] == "resume"), [Slow()])
-    engine.fit()
-    engine.close()
-    torch.save({{"model": engine.model.state_dict(), "ema": engine.ema.module.state_dict(),
-                 "history": engine.history}}, sys.argv[1] + "/final.pt")
-''')
-
-
-def test_sigterm_to_a_training_process_exits_143_and_resuming_gives_the_uninterrupted_weights(tmp_path):
-    script = tmp_path / "train_tiny.py"
-    script.write_text(SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests")))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-    def run(out, mode, delay="0"):
-        return subprocess.run([sys.executable, str(script), str(out), mode, delay], env=env, capture_output=True,
-                              text=True, timeout=300)
-
-    full = run(tmp_path / "full", "new")
-    assert full.returncode == 0, full.stderr[-2000:]
-
-    out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(script), str(out), "new", "0.2"], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.strip() == "step 3":
-            proc.send_signal(signal.SIGTERM)
-            break
-    stdout, stderr = proc.communicate(timeout=300)
-    stdout = "".join(lines) + stdout
-    assert proc.returncode == 143, stderr[-2000:]
-    assert "SIGTERM received" in stderr and "--train.resume true" in stdout
-    state = load_checkpoint(out / "checkpoints" / "checkpoint_latest.pth")
-    assert state["epoch"] == 0 and 3 <= state["global_step"] < 6 and state["partial_epoch"]["batches"] >= 3
-    assert not (out / "final.pt").exists()
-
-    resumed = run(out, "resume")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = (torch.load(path, weights_only=True) for path in (tmp_path / "full" / "final.pt", out / "final.pt"))
-    for key in ("model", "ema"):
-        assert a[key].keys() == b[key].keys()
-        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
-    assert a["history"] == b["history"]

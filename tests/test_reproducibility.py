@@ -1,19 +1,27 @@
-"""Nothing random escapes the seed: the training order and loader workers' generators come from (seed, epoch),
-so a run resumed at an epoch boundary ends with exactly the uninterrupted run's weights, also with loader
-workers and a random augmentation inside ``__getitem__``; and resuming with more epochs continues the schedule."""
+"""Nothing random escapes the seed: the training order comes from (seed, epoch) and every sample's augmentation
+draws from (seed, epoch, position in the order), so num_workers 0, 1 and 2 give identical batches and identical
+runs, and a run resumed at an epoch boundary or mid-epoch ends with exactly the uninterrupted run's weights,
+with loader workers, a random augmentation drawing from Python, NumPy and torch, and dropout; and resuming
+with more epochs continues the schedule."""
+import pickle
+import random
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from torch.utils.data import Dataset
+from accelerate import skip_first_batches
+from torch.utils.data import Dataset, Subset
 
 from shared import Callback, EarlyStoppingConfig, Engine, MultiLabelTask, TrainConfig
-from shared.loaders import EpochSeeding, EpochSampler, derived_seed
+from shared.loaders import EpochSampler, SeededSampler, SeededSamples, derived_seed, make_loader, sample_seeds
 from shared.losses import AsymmetricLoss
 
 
 class NoisyToyData(Dataset):
-    """Toy multi-label data whose ``__getitem__`` adds ``torch.rand`` noise, like a random augmentation:
-    the result depends on the generator of whichever process (main or worker) loads the sample."""
+    """Toy multi-label data whose ``__getitem__`` adds noise from torch, NumPy and Python's ``random``, like a
+    random augmentation: the result depends on the generators of whichever process (main or worker) loads it."""
 
     def __init__(self, n=96, seed=0):
         g = torch.Generator().manual_seed(seed)
@@ -25,7 +33,8 @@ class NoisyToyData(Dataset):
         return len(self.x)
 
     def __getitem__(self, i):
-        return self.x[i] + 0.5 * torch.rand(6), self.y[i]
+        noise = torch.rand(6) + torch.from_numpy(np.random.rand(6)).float() + random.random()
+        return self.x[i] + 0.2 * noise, self.y[i]
 
 
 def toy_model(seed=0):
@@ -50,55 +59,121 @@ class KillAfterFirstEpoch(Callback):
         raise KeyboardInterrupt  # as if the job were killed right after the epoch-1 checkpoint
 
 
-def test_epoch_seeds_differ_by_epoch_process_and_worker_and_repeat_for_the_same_ones():
-    a, b = EpochSeeding(7), EpochSeeding(7, process_index=1)
-    assert a.worker_seed(0) != a.worker_seed(1) != b.worker_seed(1)
-    first = list(EpochSampler(20, a))
-    a.set_epoch(1)
-    second = list(EpochSampler(20, a))
-    assert sorted(first) == sorted(second) == list(range(20)) and first != second
-    a.set_epoch(0)
-    assert list(EpochSampler(20, a)) == first
+class KillAtStep(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, engine, batch, outputs):
+        if engine.global_step == self.step:
+            raise KeyboardInterrupt  # killed mid-epoch; save_every_steps=1 saved the step before
+
+
+def test_sample_keys_are_functions_of_seed_epoch_and_position():
+    sampler = EpochSampler(20, 7)
+    first = list(sampler)
+    assert sorted(i for i, _ in first) == list(range(20)) and len({s for _, s in first}) == 20
+    assert [s for _, s in first] == sample_seeds(7, 0, 0, 20)  # the seed follows the position, not the index
+    assert sample_seeds(7, 0, 0, 5) == sample_seeds(7, 0, 0, 20)[:5]
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert [i for i, _ in second] != [i for i, _ in first] and not {s for _, s in first} & {s for _, s in second}
+    sampler.set_epoch(0)
+    assert list(sampler) == first
+    assert [i for i, _ in EpochSampler(20, 8)] != [i for i, _ in first]  # the seed reaches the order
     assert derived_seed(7, 1) != derived_seed(8, 0)  # not seed + epoch
-    weighted = EpochSampler(20, a, weights=[0.0] * 10 + [1.0] * 10)
-    assert len(list(weighted)) == 20 and min(weighted) >= 10
+    weighted = list(EpochSampler(20, 7, weights=[0.0] * 18 + [1.0] * 2))
+    assert {i for i, _ in weighted} == {18, 19} and len({s for _, s in weighted}) == 20  # repeats: new seeds
+    evaluation = list(SeededSampler(20, 7))
+    assert [i for i, _ in evaluation] == list(range(20)) and not hasattr(SeededSampler(20, 7), "set_epoch")
+    assert not {s for _, s in evaluation} & {s for _, s in first}  # stream 1: not training's seeds
+
+
+def loader_batches(workers, *, train=True, epoch=0, skip=0, seed=42):
+    accelerator = SimpleNamespace(device=torch.device("cpu"), num_processes=1)
+    loader = make_loader(NoisyToyData(40), TrainConfig(num_workers=workers, seed=seed), 8, accelerator, train=train)
+    if train:
+        loader.sampler.set_epoch(epoch)
+    return list(skip_first_batches(loader, skip) if skip else loader)
+
+
+def same_batches(a, b):
+    return len(a) == len(b) and all(torch.equal(x, y) for p, q in zip(a, b) for x, y in zip(p, q))
+
+
+def test_num_workers_0_1_2_give_identical_batches_and_skipped_batches_leave_the_rest_unchanged():
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    expected = torch.rand(()), np.random.rand(), random.random()
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    batches = loader_batches(0)  # in the main process: its generators are restored after each batch
+    assert (torch.rand(()), np.random.rand(), random.random()) == expected
+    assert len(batches) == 5
+    for workers in (1, 2):
+        assert same_batches(loader_batches(workers), batches)
+        assert same_batches(loader_batches(workers, train=False), loader_batches(0, train=False))
+    assert same_batches(loader_batches(2, skip=3), batches[3:])  # a mid-epoch resume's batches
+    assert same_batches(loader_batches(2, epoch=1), loader_batches(0, epoch=1))
+    assert not same_batches(loader_batches(0, epoch=1), batches)
+    assert not same_batches(loader_batches(0, seed=43), batches)
+    plain = NoisyToyData(40)
+    order = [i for i, _ in EpochSampler(40, 42)]
+    noise = torch.cat([x for x, _ in batches]) - plain.x[order]
+    assert torch.equal(torch.cat([y for _, y in batches]), plain.y[order])  # the sampler's order
+    assert noise.min() > 0 and noise.max() < 0.6 and noise.std() > 0.05  # and the noise is there
+
+
+def test_the_seeded_dataset_passes_on_attributes_plain_indices_and_pickles():
+    data = NoisyToyData(10)
+    data.sample_ids = [f"s{i}.png" for i in range(10)]  # what evaluation reads
+    seeded = SeededSamples(data)
+    assert len(seeded) == 10 and seeded.sample_ids == data.sample_ids and seeded.dataset is data
+    assert torch.equal(Subset(seeded, [3])[0][1], data.y[3])  # a probe through Subset uses plain indices
+    key = (4, sample_seeds(1, 0, 0, 1)[0])
+    assert torch.equal(pickle.loads(pickle.dumps(seeded))[key][0], seeded[key][0])  # spawned workers unpickle it
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The uninterrupted 3-epoch run's model, EMA and history, for num_workers 0 and 2."""
+    runs = {}
+    for workers in (0, 2):
+        engine = Engine(make_cfg(tmp_path_factory.mktemp(f"full{workers}"), num_workers=workers), toy_model(), task(),
+                        NoisyToyData(96), NoisyToyData(32, seed=1))
+        engine.fit()
+        engine.close()
+        runs[workers] = engine
+    return runs
+
+
+def assert_same_weights(a, b):
+    for x, y in zip([*a.model.parameters(), *a.ema.module.parameters()],
+                    [*b.model.parameters(), *b.ema.module.parameters()]):
+        assert torch.equal(x, y)
+
+
+def test_runs_with_0_and_2_workers_end_with_the_same_weights(uninterrupted):
+    assert_same_weights(uninterrupted[0], uninterrupted[2])
+    assert uninterrupted[0].history == uninterrupted[2].history
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_kill_and_resume_with_workers_matches_the_uninterrupted_run_exactly(tmp_path, workers):
+@pytest.mark.parametrize("kill, start", [(KillAfterFirstEpoch(), (1, 6, None)), (KillAtStep(9), (1, 8, 2))],
+                         ids=["epoch-end", "mid-epoch"])
+def test_kill_and_resume_with_workers_matches_the_uninterrupted_run_exactly(tmp_path, uninterrupted, workers,
+                                                                            kill, start):
     data, val = NoisyToyData(96), NoisyToyData(32, seed=1)
-    full = Engine(make_cfg(tmp_path / "a", num_workers=workers), toy_model(), task(), data, val)
-    full_history = full.fit()
-    full.close()
-
-    killed = Engine(make_cfg(tmp_path / "b", num_workers=workers), toy_model(), task(), data, val,
-                    callbacks=[KillAfterFirstEpoch()])
+    killed = Engine(make_cfg(tmp_path, num_workers=workers, save_every_steps=1), toy_model(), task(), data, val,
+                    callbacks=[kill])
     with pytest.raises(KeyboardInterrupt):
         killed.fit()
-    resumed = Engine(make_cfg(tmp_path / "b", num_workers=workers, resume=True), toy_model(seed=123), task(),
-                     data, val)
-    assert resumed.start_epoch == 1
-    resumed_history = resumed.fit()
+    resumed = Engine(make_cfg(tmp_path, num_workers=workers, resume=True), toy_model(seed=123), task(), data, val)
+    partial = resumed.partial_epoch["batches"] if resumed.partial_epoch else None
+    assert (resumed.start_epoch, resumed.global_step, partial) == start  # epoch 2, 6 steps an epoch
+    resumed.fit()
     resumed.close()
-
+    full = uninterrupted[workers]
     assert resumed.global_step == full.global_step == 3 * full.updates_per_epoch
-    assert [h["train/loss"] for h in resumed_history] == [h["train/loss"] for h in full_history]
-    for a, b in zip(full.model.parameters(), resumed.model.parameters()):
-        assert torch.equal(a, b)
-    for a, b in zip(full.ema.module.parameters(), resumed.ema.module.parameters()):
-        assert torch.equal(a, b)
-
-
-def test_the_same_seed_twice_gives_the_same_losses_with_workers(tmp_path):
-    runs = []
-    for name in ("a", "b"):
-        engine = Engine(make_cfg(tmp_path / name, epochs=2), toy_model(), task(), NoisyToyData(64), None)
-        runs.append([h["train/loss"] for h in engine.fit()])
-        engine.close()
-    assert runs[0] == runs[1]
-    other = Engine(make_cfg(tmp_path / "c", epochs=1, seed=43), toy_model(), task(), NoisyToyData(64), None)
-    assert other.fit()[0]["train/loss"] != runs[0][0]  # the seed reaches the data: order and noise
-    other.close()
+    assert resumed.history == full.history
+    assert_same_weights(full, resumed)
 
 
 def test_resuming_with_more_epochs_continues_a_longer_cosine_to_min_lr(tmp_path):

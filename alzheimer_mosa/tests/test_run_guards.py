@@ -98,8 +98,6 @@ def test_the_batch_limit_follows_the_last_stage_size_processes_and_accumulation(
         check_training_batch(make_config(train={"batch_size": 2, "grad_accum_steps": 2}), processes=1)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="needs shared/loaders.py make_loader to drop a last "
-                   "training batch of one sample (BatchNorm: 'Expected more than 1 value per channel')")
 def test_a_last_batch_of_one_volume_never_reaches_the_model(make_config, demo_root, tmp_path):
     """5 training volumes in batches of 4: the last batch would hold one."""
     rows = [{"path": str(p), "label": p.parent.name, "split": p.parent.parent.name}
