@@ -11,6 +11,7 @@ from shared.cli import config_keys
 from shared.testing import free_port
 from clip_medical import train_clip
 from clip_medical.config import ALIASES, ClipTrainConfig, entry_config, read_config_file
+from clip_medical.demo import write_demo_images
 from clip_medical.predict import main as predict_main
 from clip_medical.task import ZeroShotCLIPTask
 
@@ -28,10 +29,13 @@ def column(history, key):
 @pytest.fixture(scope="module")
 def single_run(tmp_path_factory, data_dir, text_encoder_dir, class_texts_file):
     out = tmp_path_factory.mktemp("single")
+    # a held-out set of other images: the training folder itself would be refused as a leaked split
+    test_dir = write_demo_images(tmp_path_factory.mktemp("test") / "images", [p.name for p in sorted(data_dir.iterdir())],
+                                 images_per_class=4, size=32, seed=1)
     argv = ["--data-dir", str(data_dir), "--output-dir", str(out), "--text-encoder", str(text_encoder_dir),
             "--class-texts-file", str(class_texts_file), "--embed-dim", "16", "--batch-size", "6", "--epochs", "2",
             "--img-size", "32", "--num-workers", "0", "--no-pretrained", "--learning-rate", "1e-3",
-            "--test-dir", str(data_dir)]
+            "--test-dir", str(test_dir)]
     return out, train_clip.main(argv)
 
 

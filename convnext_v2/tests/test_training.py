@@ -125,13 +125,14 @@ def test_trainer_checks_class_count(tmp_path, colour_splits):
 
 @pytest.fixture(scope="module")
 def flowers_run(tmp_path_factory, colour_folders):
-    """train_flowers.py end to end on the colour folders with convnextv2_atto at 32 px."""
+    """train_flowers.py end to end on the colour folders with convnextv2_atto at 32 px (lr 1e-3: at 2e-3 some seeds
+    leave one colour unlearnt for all 6 epochs)."""
     out = tmp_path_factory.mktemp("flowers_run")
     results = flowers_main([
         "--data-dir", str(colour_folders), "--model", "convnextv2_atto", "--image-size", "32",
         "--mix.mixup", "false", "--mix.cutmix", "false", "--augment.random_erasing", "0",
         "--set", f"train.output_dir={out}", "--train.epochs", "6", "--train.batch_size", "8",
-        "--train.num_workers", "0", "--train.lr", "2e-3", "--train.warmup_epochs", "0",
+        "--train.num_workers", "0", "--train.lr", "1e-3", "--train.warmup_epochs", "0",
         "--train.tracker", "none", "--train.progress_bar", "false", "--train.ema_decay", "0.8",
     ])
     return out, results

@@ -119,7 +119,7 @@ class LossSection(ConfigSection):
 def default_train() -> TrainConfig:
     """The guide's TRAIN defaults on the shared engine's settings."""
     return TrainConfig(output_dir="runs/hybridmednet", epochs=50, batch_size=32, lr=1e-4, min_lr=1e-6,
-                       weight_decay=1e-4, warmup_epochs=5.0, ema=False, save_every=5, log_every=10,
+                       weight_decay=1e-4, warmup_epochs=5.0, ema=False, log_every=10,
                        early_stopping=EarlyStoppingConfig(monitor="val/macro_auroc", mode="max", patience=10))
 
 

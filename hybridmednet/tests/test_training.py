@@ -57,6 +57,12 @@ def test_guide_train_keys_reach_the_engine(make_config, tiny_dataset):
     engine.close()
 
 
+def test_a_killed_run_loses_at_most_one_epoch_by_default():
+    """checkpoint_latest is written every epoch (the source's save_freq 5 lost up to five epochs to a kill)."""
+    from hybridmednet.configs.default_config import default_train
+    assert default_train().save_every == 1
+
+
 def test_unknown_scheduler_is_an_error(make_config, tiny_dataset):
     with pytest.raises(ValueError, match="linear"):
         config = make_config(TRAIN={"lr_scheduler": "linear"})
