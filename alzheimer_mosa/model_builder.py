@@ -13,6 +13,7 @@ from typing import Any, Literal, Mapping
 from torch import nn
 
 from shared import ConfigError, register_model
+from shared.export import register_input_reader
 from alzheimer_mosa.config import Config
 from alzheimer_mosa.mosa_net import Mosa
 from alzheimer_mosa.mosa_net_simple import MosaShared
@@ -79,3 +80,27 @@ def check_training_batch(cfg: Config, processes: int) -> None:
             f"process(es) x {cfg.train.grad_accum_steps} accumulation step(s) that is 1 volume per step, and the 3D "
             f"ResNet's BatchNorm needs at least 2 in training when its last stage is one voxel (data.target_size "
             f"{cfg.data.target_size}, every axis <= 32); raise train.batch_size or a data.target_size axis above 32")
+
+
+@register_input_reader(PROJECT)
+def export_input_reader(info: Mapping[str, Any]):
+    """path -> the (C, D, H, W) input of an exported model: the evaluation pipeline (orientation, foreground
+    crop, sizing, per-volume intensity normalisation) rebuilt from its ``model.json``."""
+    import torchio as tio
+
+    from alzheimer_mosa.augment import IMAGE_KEY, build_transform
+    from alzheimer_mosa.config import AugmentConfig, DataConfig
+    from alzheimer_mosa.data_loader import read_nifti
+
+    prep = info["preprocessing"]
+    extra, intensity = prep["extra"], prep["extra"]["intensity"]
+    data = DataConfig(target_size=list(prep["size"]), size_mode=extra["size_mode"],
+                      foreground_crop=extra["foreground_crop"]["enabled"],
+                      foreground_margin=extra["foreground_crop"]["margin"], normalization=intensity["method"],
+                      percentile_range=list(intensity.get("range", [0.5, 99.5])))
+    transform = build_transform(data, AugmentConfig(), train=False)
+
+    def read(path):
+        subject = tio.Subject({IMAGE_KEY: tio.ScalarImage(path, reader=read_nifti)})
+        return transform(subject)[IMAGE_KEY].data.float()
+    return read

@@ -58,20 +58,21 @@ def write_split_results(results_dir: str | Path, split: str, *, task_type: str, 
                         targets: np.ndarray, probs: np.ndarray, sample_ids: Sequence[str] | None = None,
                         thresholds: np.ndarray | None = None, positive_class: int | None = None,
                         extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Metrics of one split, and its JSON, CSV and PNG files; returns the metrics."""
-    results_dir = Path(results_dir)
+    """Metrics of one split, and its JSON, CSV and PNG files (``<split>_metrics.json``, ...; without a split
+    name ``metrics.json``, ...); returns the metrics."""
+    results_dir, prefix = Path(results_dir), f"{split}_" if split else ""
     targets, probs = np.asarray(targets), np.asarray(probs, dtype=np.float64)
     class_names = list(class_names)
     metrics = split_metrics(task_type, targets, probs, class_names, thresholds, positive_class)
     payload = {**(extra or {}), **metrics}  # on a clash the figures computed here win
     if thresholds is not None:
         payload["thresholds"] = dict(zip(class_names, map(float, thresholds)))
-    write_json(results_dir / f"{split}_metrics.json", payload)
-    write_csv(results_dir / f"{split}_per_class.csv", *_per_class_rows(metrics, class_names, targets, thresholds))
+    write_json(results_dir / f"{prefix}metrics.json", payload)
+    write_csv(results_dir / f"{prefix}per_class.csv", *_per_class_rows(metrics, class_names, targets, thresholds))
 
     ids = list(sample_ids) if sample_ids is not None else [str(i) for i in range(len(probs))]
     if len(ids) != len(probs):
-        raise ValueError(f"{split}: {len(ids)} sample ids for {len(probs)} predictions")
+        raise ValueError(f"{split or 'data'}: {len(ids)} sample ids for {len(probs)} predictions")
     if task_type == "multi-label":
         cut = np.full(len(class_names), 0.5) if thresholds is None else np.asarray(thresholds)
         predicted = probs >= cut
@@ -81,18 +82,18 @@ def write_split_results(results_dir: str | Path, split: str, *, task_type: str, 
         predicted = probs.argmax(1)
         true_text = [class_names[int(t)] for t in targets]
         pred_text = [class_names[int(p)] for p in predicted]
-    write_csv(results_dir / f"{split}_predictions.csv",
+    write_csv(results_dir / f"{prefix}predictions.csv",
               ["sample", "true", "predicted", *(f"prob_{name}" for name in class_names)],
               ([i, t, p, *row] for i, t, p, row in zip(ids, true_text, pred_text, probs)))
 
-    plot_roc_curves(targets, probs, class_names, results_dir / f"{split}_roc.png", title=f"ROC ({split})")
-    plot_pr_curves(targets, probs, class_names, results_dir / f"{split}_pr.png", title=f"Precision-recall ({split})")
+    plot_roc_curves(targets, probs, class_names, results_dir / f"{prefix}roc.png", title=f"ROC ({split or 'all'})")
+    plot_pr_curves(targets, probs, class_names, results_dir / f"{prefix}pr.png", title=f"Precision-recall ({split or 'all'})")
     if task_type == "multi-label":
-        plot_multilabel_confusion(targets, predicted, class_names, results_dir / f"{split}_confusion.png",
-                                  title=f"Confusion per class at the thresholds ({split})")
+        plot_multilabel_confusion(targets, predicted, class_names, results_dir / f"{prefix}confusion.png",
+                                  title=f"Confusion per class at the thresholds ({split or 'all'})")
     else:
-        plot_confusion_matrix(metrics["confusion_matrix"], class_names, results_dir / f"{split}_confusion.png",
-                              title=f"Confusion matrix ({split})")
+        plot_confusion_matrix(metrics["confusion_matrix"], class_names, results_dir / f"{prefix}confusion.png",
+                              title=f"Confusion matrix ({split or 'all'})")
     return metrics
 
 

@@ -27,6 +27,7 @@ EXPORT_FORMAT = "medcls-export/1"
 TASK_TYPES = ("multi-label", "multi-class", "zero-shot")
 
 _BUILDERS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {}
+_READERS: dict[str, Callable[[Mapping[str, Any]], Callable[[Path], torch.Tensor]]] = {}
 
 
 @dataclass
@@ -50,6 +51,23 @@ def register_model(project: str) -> Callable:
         _BUILDERS[project] = builder
         return builder
     return decorator
+
+
+def register_input_reader(project: str) -> Callable:
+    """Decorator for a project whose inputs the 2D rule of :class:`Preprocessing` does not describe (3D
+    volumes): ``@register_input_reader("alzheimer_mosa") def reader(info: dict) -> (path -> input tensor)``,
+    where ``info`` is the export's ``model.json``; registered in the module that registers its model."""
+    def decorator(factory: Callable[[Mapping[str, Any]], Callable[[Path], torch.Tensor]]) -> Callable:
+        _READERS[project] = factory
+        return factory
+    return decorator
+
+
+def project_input_reader(info: Mapping[str, Any]) -> Callable[[Path], torch.Tensor] | None:
+    """The reader the export's project registered (importing the project), or None."""
+    _builder(info["project"], info.get("builder_module"))
+    factory = _READERS.get(info["project"])
+    return factory(info) if factory is not None else None
 
 
 def _builder(project: str, module: str | None) -> Callable[[Mapping[str, Any]], nn.Module]:

@@ -1,0 +1,176 @@
+"""External validation of any project's export on labelled data it never saw: one command, one report.
+
+    python -m shared.evaluate --model runs/convnext_v2/export --data other_site/ [--out report/]
+    python -m shared.evaluate --model runs/convnext_cxr/export --data labels.csv --images images/
+    accelerate launch -m shared.evaluate --model ... --data ...      (each sample scored exactly once)
+
+``--data`` is what the project trains on (:mod:`shared.external_data`: class folders of images or NIfTI
+volumes, NIH's label CSV with ``--images``, or a ``path,label`` manifest). Every file is opened before the
+first one is scored, so a bad input ends in one line and no partial report. The report folder gets
+``metrics.json`` (with 95 % confidence intervals: DeLong and a seeded stratified bootstrap for AUROC,
+bootstrap for sensitivity, specificity, accuracy and F1 at the exported threshold), ``per_class.csv``,
+``predictions.csv`` (path, true label, every probability), ROC and PR curves with bootstrap bands, a
+reliability diagram with ECE and Brier score, confusion matrices at the exported and the Youden thresholds,
+and ``report.html``, one self-contained page (:mod:`shared.report`).
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .accelerator import process_state
+from .cli import parse_cli, run_cli
+from .data import DataError, build_image_transform, load_image, single_threaded_worker
+from .evaluation import class_probabilities, write_split_results
+from .export import load_export, project_input_reader
+from .external_data import external_samples
+from .preflight import find_bad_files
+from .report import write_report
+from .stats import (bootstrap_auroc_ci, bootstrap_threshold_cis, calibration, delong_ci, pr_band, roc_band,
+                    youden_threshold)
+
+
+@dataclass
+class EvaluateConfig:
+    model: str = ""  # an export folder (model.safetensors + model.json) that a project's train.py wrote
+    data: str = ""  # labelled data: class folders, NIH-style label CSV (with --images), or a path,label manifest
+    images: str = ""  # the image folder of a label CSV (searched recursively)
+    out: str = "report"  # the report folder; refused when it holds files (a report only with --overwrite true)
+    overwrite: bool = False  # replace an existing report in --out
+    batch_size: int = 32  # samples per forward pass and process
+    num_workers: int = 2  # loader worker processes per process
+    bootstrap: int = 1000  # bootstrap resamples for the confidence intervals and curve bands
+    seed: int = 0  # seeds the bootstrap (the same seed gives the same intervals)
+    positive_class: str = ""  # multi-class with two classes: the positive class (default: the second)
+    cpu: bool = False  # score on the CPU even when a GPU is visible
+
+
+def image_reader(preprocessing: Mapping[str, Any]) -> Callable[[Path], torch.Tensor]:
+    """path -> the 2D input tensor the export's ``preprocessing`` describes, as the projects' evaluation
+    transform makes it (``build_image_transform(size, train=False)``); grayscale-trained models (chest
+    X-rays) read the image as grayscale and replicate it."""
+    size = preprocessing["size"]
+    if size[0] != size[1]:
+        raise DataError(f"exported input size {size} is not square; the 2D reader resizes to squares")
+    transform = build_image_transform(size[0], train=False, mean=preprocessing["mean"], std=preprocessing["std"])
+    mode = "L" if "grayscale" in preprocessing.get("extra", {}) else "RGB"
+    return lambda path: transform(load_image(path, mode=mode))
+
+
+class ScoredFiles(Dataset):
+    """(input tensor, index) per file: the index lets gathered outputs be matched to their files."""
+
+    def __init__(self, paths: Sequence[Path], read: Callable[[Path], torch.Tensor]):
+        self.paths, self.read = list(paths), read
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        return self.read(self.paths[index]), index
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits of a model output: the tensor itself, ``output["logits"]`` or the first element."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping):
+        return output["logits"]
+    return output[0]
+
+
+@torch.no_grad()
+def score(model: torch.nn.Module, dataset: Dataset, cfg: EvaluateConfig) -> np.ndarray:
+    """Logits of every sample, in dataset order, each scored once across the processes."""
+    accelerator = Accelerator(cpu=cfg.cpu)
+    model = model.to(accelerator.device).eval()
+    loader = accelerator.prepare(DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                            worker_init_fn=single_threaded_worker))
+    logits, indices = [], []
+    for inputs, index in tqdm(loader, desc="scoring", disable=not accelerator.is_main_process, leave=False):
+        with accelerator.autocast():
+            out = logits_of(model(inputs)).float()
+        out, index = accelerator.gather_for_metrics((out, index))
+        logits.append(out.cpu())
+        indices.append(index.cpu())
+    order = torch.cat(indices).argsort()
+    return torch.cat(logits)[order].numpy()
+
+
+def interval_table(task: str, class_names: Sequence[str], targets: np.ndarray, probs: np.ndarray,
+                   thresholds: np.ndarray, cfg: EvaluateConfig, positive: int | None) -> dict[str, Any]:
+    """Per class (multi-label) or for the positive class (binary): AUROC with DeLong and bootstrap CIs, the
+    threshold metrics with bootstrap CIs at the exported and Youden thresholds, calibration."""
+    columns = range(len(class_names)) if task == "multi-label" else ([positive] if positive is not None else [])
+    table = {}
+    for c in columns:
+        y = targets[:, c] if task == "multi-label" else (targets == c).astype(int)
+        p = probs[:, c]
+        youden = youden_threshold(y, p)
+        table[class_names[c]] = {
+            "auroc_delong": delong_ci(y, p), "auroc_bootstrap": bootstrap_auroc_ci(y, p, cfg.bootstrap, cfg.seed),
+            "threshold": float(thresholds[c]), "at_threshold": bootstrap_threshold_cis(y, p, thresholds[c], cfg.bootstrap, cfg.seed),
+            "youden_threshold": youden, "at_youden": bootstrap_threshold_cis(y, p, youden, cfg.bootstrap, cfg.seed),
+            "calibration": calibration(y, p), "roc_band": roc_band(y, p, cfg.bootstrap, cfg.seed),
+            "pr_band": pr_band(y, p, cfg.bootstrap, cfg.seed),
+        }
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Score ``--data`` with ``--model`` and write the report; returns ``metrics.json``'s content."""
+    cfg = parse_cli(EvaluateConfig, argv, description="External validation of an exported model: metrics with "
+                    "confidence intervals, calibration and a self-contained report.html.")
+    if not cfg.model or not cfg.data:
+        raise DataError("give the export folder and the labelled data: --model EXPORT_DIR --data DATA")
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()):
+        if not (out / "metrics.json").is_file():
+            raise DataError(f"--out {out} holds files that are not a report; choose an empty or new folder")
+        if not cfg.overwrite:
+            raise DataError(f"{out} already holds a report; pass --overwrite true to replace it, or choose another --out")
+    model, info = load_export(cfg.model)
+    paths, targets = external_samples(cfg.data, info, cfg.images or None)
+    state = process_state()
+    bad = find_bad_files(paths, progress=state.is_main_process, description="opening every file")
+    if bad:
+        raise DataError(f"{len(bad)} of {len(paths)} files cannot be read, e.g. {bad[0][1]}; fix or remove them")
+    read = project_input_reader(info) or image_reader(info["preprocessing"])
+    logits = score(model, ScoredFiles(paths, read), cfg)
+    task, class_names = info["task"], list(info["class_names"])
+    probs = class_probabilities(task, logits)
+    positive = None
+    if task != "multi-label" and len(class_names) == 2:
+        positive = class_names.index(cfg.positive_class) if cfg.positive_class else 1
+    thresholds = np.asarray(info.get("thresholds") or [0.5] * len(class_names), dtype=np.float64)
+    if not state.is_main_process:
+        return {}
+    intervals = interval_table(task, class_names, targets, probs, thresholds, cfg, positive)
+    partial = out.parent / f".{out.name}.partial"  # the report appears whole or not at all
+    shutil.rmtree(partial, ignore_errors=True)
+    metrics = write_split_results(partial, "", task_type=task, class_names=class_names, targets=targets, probs=probs,
+                                  sample_ids=[str(p) for p in paths],
+                                  thresholds=thresholds if task == "multi-label" else None, positive_class=positive,
+                                  extra={"model": str(cfg.model), "data": str(cfg.data), "samples": len(paths),
+                                         "bootstrap_resamples": cfg.bootstrap, "seed": cfg.seed,
+                                         "confidence_intervals": {k: {m: v for m, v in row.items() if m not in
+                                                                      ("roc_band", "pr_band")}
+                                                                  for k, row in intervals.items()}})
+    write_report(partial, info=info, cfg=cfg, metrics=metrics, intervals=intervals, targets=targets, probs=probs)
+    if out.exists():  # --overwrite (checked above)
+        shutil.rmtree(out)
+    partial.rename(out)
+    print(f"report written to {out / 'report.html'}")
+    return metrics
+
+
+if __name__ == "__main__":
+    run_cli(main)
