@@ -28,9 +28,12 @@ from tqdm.auto import tqdm
 
 from .accelerator import process_state
 from .cli import parse_cli, run_cli
+from .case_heatmaps import pick_cases, save_case_figures
+from .config import ConfigError
 from .data import DataError, build_image_transform, load_image, single_threaded_worker
 from .evaluation import class_probabilities, write_split_results
 from .export import load_export, project_input_reader
+from .heatmaps import find_target_layer
 from .external_data import external_samples
 from .preflight import find_bad_files
 from .report import write_report
@@ -50,6 +53,7 @@ class EvaluateConfig:
     bootstrap: int = 1000  # bootstrap resamples for the confidence intervals and curve bands
     seed: int = 0  # seeds the bootstrap (the same seed gives the same intervals)
     positive_class: str = ""  # multi-class with two classes: the positive class (default: the second)
+    heatmaps: int = 0  # > 0: Grad-CAM figures of the N most confident correct and N most confident wrong cases
     cpu: bool = False  # score on the CPU even when a GPU is visible
 
 
@@ -78,17 +82,21 @@ class ScoredFiles(Dataset):
         return self.read(self.paths[index]), index
 
 
-def logits_of(output: Any) -> torch.Tensor:
-    """The logits of a model output: the tensor itself, ``output["logits"]`` or the first element."""
+def logits_of(output: Any, num_classes: int) -> torch.Tensor:
+    """The class logits of a model output: the tensor itself, ``output["logits"]``, or the last element of a
+    tuple with one logit per class (hybridmednet's hierarchical head returns (coarse, fine))."""
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, Mapping):
         return output["logits"]
-    return output[0]
+    fitting = [t for t in output if isinstance(t, torch.Tensor) and t.shape[-1] == num_classes]
+    if not fitting:
+        raise DataError(f"the model's outputs have no tensor of {num_classes} logits (one per class)")
+    return fitting[-1]
 
 
 @torch.no_grad()
-def score(model: torch.nn.Module, dataset: Dataset, cfg: EvaluateConfig) -> np.ndarray:
+def score(model: torch.nn.Module, dataset: Dataset, cfg: EvaluateConfig, num_classes: int) -> np.ndarray:
     """Logits of every sample, in dataset order, each scored once across the processes."""
     accelerator = Accelerator(cpu=cfg.cpu)
     model = model.to(accelerator.device).eval()
@@ -97,7 +105,7 @@ def score(model: torch.nn.Module, dataset: Dataset, cfg: EvaluateConfig) -> np.n
     logits, indices = [], []
     for inputs, index in tqdm(loader, desc="scoring", disable=not accelerator.is_main_process, leave=False):
         with accelerator.autocast():
-            out = logits_of(model(inputs)).float()
+            out = logits_of(model(inputs), num_classes).float()
         out, index = accelerator.gather_for_metrics((out, index))
         logits.append(out.cpu())
         indices.append(index.cpu())
@@ -144,18 +152,42 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if bad:
         raise DataError(f"{len(bad)} of {len(paths)} files cannot be read, e.g. {bad[0][1]}; fix or remove them")
     read = project_input_reader(info) or image_reader(info["preprocessing"])
-    logits = score(model, ScoredFiles(paths, read), cfg)
+    if cfg.heatmaps > 0:  # before scoring: a model without a feature map to explain fails now, not at the end
+        try:
+            find_target_layer(model, read(paths[0])[None])
+        except ValueError as err:
+            raise ConfigError(f"--heatmaps {cfg.heatmaps}: {err}; run without --heatmaps") from None
     task, class_names = info["task"], list(info["class_names"])
-    probs = class_probabilities(task, logits)
     positive = None
     if task != "multi-label" and len(class_names) == 2:
+        if cfg.positive_class and cfg.positive_class not in class_names:
+            raise ConfigError(f"--positive_class {cfg.positive_class!r} is not one of the model's classes {class_names}")
         positive = class_names.index(cfg.positive_class) if cfg.positive_class else 1
+    logits = score(model, ScoredFiles(paths, read), cfg, len(class_names))
+    probs = class_probabilities(task, logits)
     thresholds = np.asarray(info.get("thresholds") or [0.5] * len(class_names), dtype=np.float64)
     if not state.is_main_process:
         return {}
-    intervals = interval_table(task, class_names, targets, probs, thresholds, cfg, positive)
     partial = out.parent / f".{out.name}.partial"  # the report appears whole or not at all
     shutil.rmtree(partial, ignore_errors=True)
+    try:
+        metrics = write_report_folder(partial, cfg, info, model, read, paths, targets, probs, thresholds, positive)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if out.exists():  # --overwrite (checked above)
+        shutil.rmtree(out)
+    partial.rename(out)
+    print(f"report written to {out / 'report.html'}")
+    return metrics
+
+
+def write_report_folder(partial: Path, cfg: EvaluateConfig, info: Mapping[str, Any], model: torch.nn.Module,
+                        read: Callable[[Path], torch.Tensor], paths: Sequence[Path], targets: np.ndarray,
+                        probs: np.ndarray, thresholds: np.ndarray, positive: int | None) -> dict[str, Any]:
+    """Every file of the report into ``partial``; returns the metrics."""
+    task, class_names = info["task"], list(info["class_names"])
+    intervals = interval_table(task, class_names, targets, probs, thresholds, cfg, positive)
     metrics = write_split_results(partial, "", task_type=task, class_names=class_names, targets=targets, probs=probs,
                                   sample_ids=[str(p) for p in paths],
                                   thresholds=thresholds if task == "multi-label" else None, positive_class=positive,
@@ -164,11 +196,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                          "confidence_intervals": {k: {m: v for m, v in row.items() if m not in
                                                                       ("roc_band", "pr_band")}
                                                                   for k, row in intervals.items()}})
-    write_report(partial, info=info, cfg=cfg, metrics=metrics, intervals=intervals, targets=targets, probs=probs)
-    if out.exists():  # --overwrite (checked above)
-        shutil.rmtree(out)
-    partial.rename(out)
-    print(f"report written to {out / 'report.html'}")
+    cases = []
+    if cfg.heatmaps > 0:
+        picked = pick_cases(task, targets, probs, cfg.heatmaps)
+        cases = save_case_figures(model.cpu(), read, paths, picked, class_names, info["preprocessing"],
+                                  lambda output: logits_of(output, len(class_names)), partial / "heatmaps")
+    write_report(partial, info=info, cfg=cfg, metrics=metrics, intervals=intervals, targets=targets, probs=probs,
+                 cases=cases)
     return metrics
 
 

@@ -98,7 +98,8 @@ def interval_rows(intervals: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def write_report(out: Path, *, info: Mapping[str, Any], cfg: Any, metrics: Mapping[str, Any],
-                 intervals: Mapping[str, Mapping[str, Any]], targets: np.ndarray, probs: np.ndarray) -> Path:
+                 intervals: Mapping[str, Mapping[str, Any]], targets: np.ndarray, probs: np.ndarray,
+                 cases: Sequence[Path] = ()) -> Path:
     """The figures beyond those of :func:`shared.evaluation.write_split_results`, and ``report.html``."""
     task, class_names = info["task"], list(info["class_names"])
     plot_bands(intervals, out / "roc_bands.png", "roc")
@@ -112,6 +113,9 @@ def write_report(out: Path, *, info: Mapping[str, Any], cfg: Any, metrics: Mappi
         f"<figure><img alt='{title}' src='data:image/png;base64,"
         f"{base64.b64encode((out / name).read_bytes()).decode()}'><figcaption>{title}</figcaption></figure>"
         for name, title in FIGURES if (out / name).is_file())
+    heatmaps = "".join(f"<figure><img alt='{html.escape(p.stem)}' src='data:image/png;base64,"
+                       f"{base64.b64encode(Path(p).read_bytes()).decode()}'><figcaption>{html.escape(p.stem)}"
+                       f"</figcaption></figure>" for p in cases)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>External validation: {html.escape(info['project'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}
@@ -124,6 +128,7 @@ bootstrap of {cfg.bootstrap} resamples (seed {cfg.seed}). Written {datetime.now(
 <h2>Summary</h2><table>{summary}</table>
 <h2>Per class, with 95 % confidence intervals</h2>{interval_rows(intervals) if intervals else '<p>(more than two classes: see per_class.csv)</p>'}
 <h2>Figures</h2>{figures}
+{'<h2>Heatmaps: the most confident correct and wrong cases</h2>' + heatmaps if heatmaps else ''}
 </body></html>
 """
     return atomic_write(out / "report.html", lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))

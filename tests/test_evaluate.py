@@ -28,10 +28,11 @@ class Brightness(nn.Module):
 
     def __init__(self, architecture):
         super().__init__()
+        self.features = nn.Conv2d(3, 3, 1)  # identity weights below: a feature map for Grad-CAM
         self.head = nn.Linear(3, 2)
 
     def forward(self, x):  # (N, 3, H, W) -> (N, 2)
-        return self.head(x.mean(dim=(2, 3)))
+        return self.head(self.features(x).mean(dim=(2, 3)))
 
 
 @register_model("evaltoy")
@@ -51,6 +52,8 @@ def toy_export(tmp_path_factory):
     with torch.no_grad():
         model.head.weight.copy_(torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]))
         model.head.bias.zero_()
+        model.features.weight.copy_(torch.eye(3)[:, :, None, None])
+        model.features.bias.zero_()
     export_model(model, root / "export", project="evaltoy", architecture={}, class_names=["dark", "bright"],
                  task="multi-class", preprocessing=Preprocessing(size=(16, 16)))
     return root
@@ -72,7 +75,7 @@ def test_the_report_holds_every_file_and_its_auroc_is_sklearns_on_the_prediction
     site = write_site(tmp_path / "site")
     out = tmp_path / "report"
     metrics = evaluate_main(["--model", str(toy_export / "export"), "--data", str(site), "--out", str(out),
-                             "--num_workers", "0", "--bootstrap", "300"])
+                             "--num_workers", "0", "--bootstrap", "300", "--heatmaps", "2"])
     for name in ("metrics.json", "per_class.csv", "predictions.csv", "roc.png", "pr.png", "roc_bands.png",
                  "pr_bands.png", "reliability.png", "confusion.png", "confusion_youden.png", "report.html"):
         assert (out / name).is_file(), name
@@ -93,7 +96,9 @@ def test_the_report_holds_every_file_and_its_auroc_is_sklearns_on_the_prediction
     assert 0 <= bright["calibration"]["ece"] <= 1 and 0 <= bright["calibration"]["brier"] <= 1
     page = (out / "report.html").read_text()
     images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
-    assert len(images) == 7 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    assert len(images) == 7 + 4 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == ["correct_00.png", "correct_01.png",
+                                                                    "wrong_02.png", "wrong_03.png"]
     assert "http://" not in page and "https://" not in page and "<script" not in page  # nothing from a network
 
 

@@ -24,12 +24,15 @@ def test_a_mosa_export_scores_the_test_folder_as_the_training_run_does(make_conf
         expected = torch.softmax(model(torch.stack([test_set[i][0] for i in range(len(test_set))])), 1).numpy()
     out = tmp_path / "report"
     evaluate_main(["--model", str(tmp_path / "export"), "--data", str(demo_root / "test"), "--out", str(out),
-                   "--num_workers", "0", "--bootstrap", "50", "--positive_class", "AD"])
+                   "--num_workers", "0", "--bootstrap", "50", "--positive_class", "AD", "--heatmaps", "1"])
     predictions = pd.read_csv(out / "predictions.csv").set_index("sample")
     ours = predictions.loc[test_set.sample_ids, ["prob_CN", "prob_AD"]].to_numpy()
     assert np.allclose(ours, expected, atol=1e-5)
     assert set(read_json(out / "metrics.json")["confidence_intervals"]) == {"AD"}
     assert (out / "report.html").is_file()
+    right = int((predictions["true"] == predictions["predicted"]).sum())
+    expected_files = ["correct_00.png"] * min(right, 1) + [f"wrong_{min(right, 1):02d}.png"] * min(len(ours) - right, 1)
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == expected_files  # three slices per case
 
 
 def test_a_2d_image_given_to_the_3d_model_is_refused(make_config, demo_root, tmp_path):

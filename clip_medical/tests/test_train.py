@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from shared import CheckpointError, ConfigError, load_checkpoint, load_export, read_json, write_json
@@ -302,3 +303,18 @@ def test_two_process_ddp_run_keeps_the_global_batch_and_gathers_each_val_image_o
     # global batch 6 = 2 processes x 3: 14 training images give 2 optimizer steps per epoch, as on one process
     assert load_checkpoint(out / "checkpoint_latest.pth")["global_step"] == 4
     assert np.array(read_json(out / "best_model_metrics.json")["confusion_matrix"]).sum() == 4
+
+
+def test_the_export_scores_the_held_out_folder_as_the_training_run_did(single_run, tmp_path):
+    """shared.evaluate on --test-dir: the zero-shot export (class-text embeddings inside) gives the
+    probabilities the training run's own test evaluation wrote."""
+    from shared.evaluate import main as evaluate_main
+    out, _ = single_run
+    trained = pd.read_csv(out / "results" / "test_predictions.csv").set_index("sample")
+    test_dir = Path(trained.index[0]).parent.parent
+    evaluate_main(["--model", str(out / "export"), "--data", str(test_dir), "--out", str(tmp_path / "report"),
+                   "--num_workers", "0", "--bootstrap", "50"])
+    external = pd.read_csv(tmp_path / "report" / "predictions.csv").set_index("sample").loc[trained.index]
+    columns = [c for c in trained.columns if c.startswith("prob_")]
+    assert np.allclose(external[columns].to_numpy(), trained[columns].to_numpy(), atol=1e-5)
+    assert (external["true"] == trained["true"]).all()

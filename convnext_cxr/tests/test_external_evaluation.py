@@ -28,10 +28,11 @@ def test_a_cxr_export_scores_an_nih_csv_like_the_training_run(tiny_cxr, tmp_path
         expected = torch.sigmoid(model(torch.stack([dataset[i][0] for i in range(len(dataset))]))).numpy()
     out = tmp_path / "report"
     evaluate_main(["--model", str(tmp_path / "export"), "--data", str(csv_path), "--images", str(image_dir),
-                   "--out", str(out), "--num_workers", "0", "--bootstrap", "50"])
+                   "--out", str(out), "--num_workers", "0", "--bootstrap", "50", "--heatmaps", "1"])
     predictions = pd.read_csv(out / "predictions.csv").set_index("sample").loc[dataset.sample_ids]
     findings = list(records.findings)
     assert np.allclose(predictions[[f"prob_{f}" for f in findings]].to_numpy(), expected, atol=1e-5)
+    assert len(list((out / "heatmaps").glob("*.png"))) == 2  # Grad-CAM and the spatial attention, per case
     metrics = read_json(out / "metrics.json")
     assert metrics["thresholds"] == dict(zip(findings, thresholds.tolist()))
     for c, finding in enumerate(findings):

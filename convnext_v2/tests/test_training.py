@@ -4,6 +4,7 @@ the source document's spellings, the export, and the flowers command line from t
 from contextlib import nullcontext
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -253,3 +254,17 @@ def test_export_rebuilds_the_trained_model(tmp_path, colour_splits, colour_names
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(rebuilt(x), model.eval()(x), atol=1e-6)
+
+
+def test_the_export_scores_images_as_the_training_run_did(flowers_run, colour_folders, tmp_path):
+    """shared.evaluate on the colour folders: for the test split's files, the probabilities the training run's
+    evaluation wrote (results/test_predictions.csv)."""
+    from shared.evaluate import main as evaluate_main
+    out, _ = flowers_run
+    evaluate_main(["--model", str(out / "export"), "--data", str(colour_folders), "--out", str(tmp_path / "report"),
+                   "--num_workers", "0", "--bootstrap", "50"])
+    trained = pd.read_csv(out / "results" / "test_predictions.csv").set_index("sample")
+    external = pd.read_csv(tmp_path / "report" / "predictions.csv").set_index("sample")
+    assert len(external) == 48
+    columns = [c for c in trained.columns if c.startswith("prob_")]
+    assert np.allclose(external.loc[trained.index, columns].to_numpy(), trained[columns].to_numpy(), atol=1e-5)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -42,6 +43,15 @@ def test_train_main_runs_on_the_demo_set_and_reports_per_finding_auroc(tmp_path,
         assert (save_dir / name).is_file(), name
     assert Config.load(save_dir / "config.yaml").MODEL["hierarchical"] is True  # the saved config reloads
     assert "validation AUROC" in capsys.readouterr().out
+    # shared.evaluate on the demo CSV: the export gives the test split the probabilities training wrote
+    from shared.evaluate import main as evaluate_main
+    csv_path, = (save_dir / "demo_data").rglob("*.csv")
+    evaluate_main(["--model", str(save_dir / "export"), "--data", str(csv_path), "--images", str(csv_path.parent),
+                   "--out", str(tmp_path / "report"), "--num_workers", "0", "--bootstrap", "50"])
+    trained = pd.read_csv(save_dir / "results" / "test_predictions.csv").set_index("sample")
+    external = pd.read_csv(tmp_path / "report" / "predictions.csv").set_index("sample").loc[trained.index]
+    columns = [f"prob_{name}" for name in FINDINGS]
+    assert np.allclose(external[columns].to_numpy(), trained[columns].to_numpy(), atol=1e-5)
 
 
 def test_the_guides_command_line_reaches_the_engine(tmp_path):
