@@ -84,7 +84,8 @@ def write_split_results(results_dir: str | Path, split: str, *, task_type: str, 
         pred_text = [class_names[int(p)] for p in predicted]
     write_csv(results_dir / f"{prefix}predictions.csv",
               ["sample", "true", "predicted", *(f"prob_{name}" for name in class_names)],
-              ([i, t, p, *row] for i, t, p, row in zip(ids, true_text, pred_text, probs)))
+              ([i, t, p, *row] for i, t, p, row in zip(ids, true_text, pred_text, probs)),
+              digits=9)  # every float32 probability exactly: metrics recomputed from the file add no ties
 
     plot_roc_curves(targets, probs, class_names, results_dir / f"{prefix}roc.png", title=f"ROC ({split or 'all'})")
     plot_pr_curves(targets, probs, class_names, results_dir / f"{prefix}pr.png", title=f"Precision-recall ({split or 'all'})")

@@ -76,11 +76,11 @@ def read_json(path: str | Path, what: str = "JSON file", error: type[Exception] 
         raise error(f"{what} {path} is not valid JSON: {err}") from None
 
 
-def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
-    """Atomically write a CSV; floats with 6 significant digits, NaN as an empty cell."""
+def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]], digits: int = 6) -> Path:
+    """Atomically write a CSV; floats with ``digits`` significant digits, NaN as an empty cell."""
     def cell(value):
         if isinstance(value, (float, np.floating)):
-            return "" if not math.isfinite(value) else f"{float(value):.6g}"
+            return "" if not math.isfinite(value) else f"{float(value):.{digits}g}"
         return value
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

@@ -84,7 +84,7 @@ def test_the_report_holds_every_file_and_its_auroc_is_sklearns_on_the_prediction
     truth = (predictions["true"] == "bright").astype(int)
     expected = roc_auc_score(truth, predictions["prob_bright"])
     saved = read_json(out / "metrics.json")
-    assert saved["auc"] == pytest.approx(expected, abs=1e-6) == metrics["auc"]
+    assert saved["auc"] == pytest.approx(expected, abs=1e-12) and saved["auc"] == metrics["auc"]
     assert 0.7 < expected < 1.0
     bright = saved["confidence_intervals"]["bright"]
     delong, boot = bright["auroc_delong"], bright["auroc_bootstrap"]
