@@ -115,17 +115,22 @@ def score(model: torch.nn.Module, dataset: Dataset, cfg: EvaluateConfig, num_cla
 
 def interval_table(task: str, class_names: Sequence[str], targets: np.ndarray, probs: np.ndarray,
                    thresholds: np.ndarray, cfg: EvaluateConfig, positive: int | None) -> dict[str, Any]:
-    """Per class (multi-label) or for the positive class (binary): AUROC with DeLong and bootstrap CIs, the
-    threshold metrics with bootstrap CIs at the exported and Youden thresholds, calibration."""
-    columns = range(len(class_names)) if task == "multi-label" else ([positive] if positive is not None else [])
+    """Per class (multi-label; one class against the rest for more than two classes) or for the positive class
+    (two classes): AUROC with DeLong and bootstrap CIs, sensitivity, specificity, accuracy and F1 with bootstrap
+    CIs at the exported threshold (0.5 without one; the argmax decision for more than two classes, where a
+    fixed probability cut means little) and at the Youden threshold, calibration."""
+    columns = [positive] if positive is not None else range(len(class_names))
+    one_vs_rest = task != "multi-label" and positive is None
     table = {}
     for c in columns:
         y = targets[:, c] if task == "multi-label" else (targets == c).astype(int)
         p = probs[:, c]
+        decision, cut = ((probs.argmax(1) == c).astype(float), 0.5) if one_vs_rest else (p, thresholds[c])
         youden = youden_threshold(y, p)
         table[class_names[c]] = {
             "auroc_delong": delong_ci(y, p), "auroc_bootstrap": bootstrap_auroc_ci(y, p, cfg.bootstrap, cfg.seed),
-            "threshold": float(thresholds[c]), "at_threshold": bootstrap_threshold_cis(y, p, thresholds[c], cfg.bootstrap, cfg.seed),
+            "threshold": None if one_vs_rest else float(cut),
+            "at_threshold": bootstrap_threshold_cis(y, decision, cut, cfg.bootstrap, cfg.seed),
             "youden_threshold": youden, "at_youden": bootstrap_threshold_cis(y, p, youden, cfg.bootstrap, cfg.seed),
             "calibration": calibration(y, p), "roc_band": roc_band(y, p, cfg.bootstrap, cfg.seed),
             "pr_band": pr_band(y, p, cfg.bootstrap, cfg.seed),

@@ -57,7 +57,7 @@ def calibration_curves(task: str, class_names: Sequence[str], targets: np.ndarra
                        intervals: Mapping[str, Mapping[str, Any]]) -> dict[str, dict]:
     """Per class for multi-label and binary models; the top-label curve (confidence of the predicted class
     against being right) for more than two classes."""
-    if intervals:
+    if task == "multi-label" or len(class_names) == 2:
         return {name: row["calibration"] for name, row in intervals.items()}
     predicted = probs.argmax(1)
     return {"top label": calibration((predicted == targets).astype(int), probs.max(1))}
@@ -91,7 +91,7 @@ def interval_rows(intervals: Mapping[str, Mapping[str, Any]]) -> str:
     for name, row in intervals.items():
         at = row["at_threshold"]
         cells = [html.escape(name), _interval(row["auroc_delong"]), _interval(row["auroc_bootstrap"]),
-                 f"{row['threshold']:.3f}", *(_interval(at[k]) for k in ("sensitivity", "specificity", "accuracy", "f1")),
+                 "argmax" if row["threshold"] is None else f"{row['threshold']:.3f}", *(_interval(at[k]) for k in ("sensitivity", "specificity", "accuracy", "f1")),
                  f"{row['youden_threshold']:.3f}", f"{row['calibration']['ece']:.3f}", f"{row['calibration']['brier']:.3f}"]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return "<table>" + "".join(rows) + "</table>"
@@ -117,16 +117,17 @@ def write_report(out: Path, *, info: Mapping[str, Any], cfg: Any, metrics: Mappi
                        f"{base64.b64encode(Path(p).read_bytes()).decode()}'><figcaption>{html.escape(p.stem)}"
                        f"</figcaption></figure>" for p in cases)
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>External validation: {html.escape(info['project'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>External validation: {html.escape(info['project'])} model</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #bbb;padding:3px 8px;font-size:13px}}figure{{display:inline-block;margin:6px}}
 img{{width:420px}}</style></head><body>
-<h1>External validation of a {html.escape(info['project'])} model</h1>
+<h1>External validation: {html.escape(info['project'])} model</h1>
 <p>Model <code>{html.escape(str(cfg.model))}</code> ({html.escape(task)}, classes {html.escape(', '.join(class_names))});
 data <code>{html.escape(str(cfg.data))}</code>: {len(probs)} samples. Intervals: 95 %, DeLong and a stratified
-bootstrap of {cfg.bootstrap} resamples (seed {cfg.seed}). Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>
+bootstrap of {cfg.bootstrap} resamples (seed {cfg.seed}); thresholds: the exported ones
+{'' if info.get('thresholds') else '(this export has none: 0.5) '}and Youden's{'; one class against the rest' if task != 'multi-label' and len(class_names) > 2 else ''}. Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>
 <h2>Summary</h2><table>{summary}</table>
-<h2>Per class, with 95 % confidence intervals</h2>{interval_rows(intervals) if intervals else '<p>(more than two classes: see per_class.csv)</p>'}
+<h2>Per class, with 95 % confidence intervals</h2>{interval_rows(intervals)}
 <h2>Figures</h2>{figures}
 {'<h2>Heatmaps: the most confident correct and wrong cases</h2>' + heatmaps if heatmaps else ''}
 </body></html>

@@ -29,7 +29,7 @@ class Brightness(nn.Module):
     def __init__(self, architecture):
         super().__init__()
         self.features = nn.Conv2d(3, 3, 1)  # identity weights below: a feature map for Grad-CAM
-        self.head = nn.Linear(3, 2)
+        self.head = nn.Linear(3, architecture.get("classes", 2))
 
     def forward(self, x):  # (N, 3, H, W) -> (N, 2)
         return self.head(self.features(x).mean(dim=(2, 3)))
@@ -144,3 +144,29 @@ def test_two_processes_score_each_sample_exactly_once(toy_export, tmp_path):
                    "--num_workers", "0", "--bootstrap", "50"])
     alone = pd.read_csv(single / "predictions.csv")
     assert np.allclose(predictions["prob_bright"], alone["prob_bright"], atol=1e-6)
+
+
+def test_more_than_two_classes_get_one_vs_rest_intervals(toy_export, tmp_path):
+    """Three classes: every class has its AUROC with DeLong and bootstrap intervals, one against the rest."""
+    import evaltoy
+    model = evaltoy.build({"classes": 3})
+    with torch.no_grad():
+        model.features.weight.copy_(torch.eye(3)[:, :, None, None])
+        model.features.bias.zero_()
+        model.head.weight.copy_(torch.tensor([[-2.0] * 3, [0.0] * 3, [2.0] * 3]))
+        model.head.bias.copy_(torch.tensor([0.0, 0.5, 0.0]))
+    export_model(model, tmp_path / "export", project="evaltoy", architecture={"classes": 3},
+                 class_names=["dark", "mid", "bright"], task="multi-class", preprocessing=Preprocessing(size=(16, 16)))
+    site = write_site(tmp_path / "site", n=20)
+    (site / "mid").mkdir()
+    for i in range(20):
+        Image.fromarray(np.full((20, 20, 3), 128, np.uint8)).save(site / "mid" / f"{i:03d}.png")
+    evaluate_main(["--model", str(tmp_path / "export"), "--data", str(site), "--out", str(tmp_path / "report"),
+                   "--num_workers", "0", "--bootstrap", "100"])
+    saved = read_json(tmp_path / "report" / "metrics.json")
+    predictions = pd.read_csv(tmp_path / "report" / "predictions.csv")
+    assert set(saved["confidence_intervals"]) == {"dark", "mid", "bright"}
+    for name in ("dark", "mid", "bright"):
+        expected = roc_auc_score(predictions["true"] == name, predictions[f"prob_{name}"])
+        assert saved["confidence_intervals"][name]["auroc_delong"][0] == pytest.approx(expected, abs=1e-12)
+    assert "one class against the rest" in (tmp_path / "report" / "report.html").read_text()
