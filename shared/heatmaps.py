@@ -83,6 +83,13 @@ def _probe(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.Module
             if isinstance(output, torch.Tensor):
                 records.append((name, mod, output))
         handles.append(module.register_forward_hook(hook))
+    _forward_once(model, example, handles)
+    return records
+
+
+def _forward_once(model: nn.Module, example: torch.Tensor, handles: list) -> None:
+    """One eval-mode forward without gradients for the hooks in ``handles``, removed afterwards; the model's
+    train/eval mode is restored."""
     was_training = model.training
     model.eval()
     try:
@@ -92,7 +99,6 @@ def _probe(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.Module
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    return records
 
 
 def _find(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, str]:
@@ -132,15 +138,7 @@ def _device(model: nn.Module) -> torch.device:
 
 def _output_layout(model: nn.Module, layer: nn.Module, example: torch.Tensor) -> str:
     shapes = []
-    handle = layer.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape)))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        handle.remove()
-        model.train(was_training)
+    _forward_once(model, example, [layer.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape)))])
     if not shapes:
         raise ValueError("target_layer was not called in the model's forward pass")
     return _layout(shapes[-1], tuple(example.shape[2:]))
