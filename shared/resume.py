@@ -69,6 +69,11 @@ def resume_path(cfg: "TrainConfig", output_dir: Path, latest: Path) -> Path:
     return path
 
 
+def is_own_checkpoint(engine: "Engine", path: Path) -> bool:
+    """Whether ``path`` lies in ``engine``'s checkpoint folder (the run it continues is this folder's)."""
+    return Path(path).resolve().parent == engine.checkpoint_dir.resolve()
+
+
 def checkpoint_state(engine: "Engine", kind: str, epoch: int, metrics: Mapping[str, Any]) -> dict:
     """What ``checkpoint_<kind>`` holds: the weights (EMA weights for ``best_ema``) and the run's metadata;
     ``latest`` (and ``best`` with ``full_best_checkpoint``) also the full resume state."""
@@ -108,7 +113,7 @@ def open_resume(engine: "Engine", splits: Mapping[str, Any]) -> tuple[Path, dict
                               f"resume with that run's classes in that order, or start a new run without train.resume")
     parts = split_parts(splits)
     own_split = engine.output_dir / SPLIT_FILE
-    if parts and own_split.is_file() and path.resolve().parent == engine.checkpoint_dir.resolve():
+    if parts and own_split.is_file() and is_own_checkpoint(engine, path):
         check_saved_split(own_split, parts)  # this run's own split file: names the files that differ
     saved_split, split = state.get("split_digest"), split_digest(parts) if parts else None
     if saved_split is not None and split is not None and saved_split != split:
@@ -121,7 +126,7 @@ def load_resume_state(engine: "Engine", path: Path, state: Mapping[str, Any]) ->
     """Load ``state`` (from :func:`open_resume`) into ``engine``; a clear :class:`CheckpointError` for another
     model/optimizer. A checkpoint of another folder brings its best checkpoints along, so that this run's
     ``load_best`` finds the best weights its restored best metric refers to."""
-    if path.resolve().parent != engine.checkpoint_dir.resolve() and engine.accelerator.is_main_process:
+    if not is_own_checkpoint(engine, path) and engine.accelerator.is_main_process:
         for kind in ("best", "best_ema"):
             source = path.parent / engine.checkpoint_names[kind]
             if source.is_file():

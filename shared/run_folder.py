@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import ConfigError
-from .resume import resume_path
+from .resume import is_own_checkpoint, resume_path
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -86,7 +86,7 @@ def prepare_run_folder(engine: "Engine", tensorboard_dir: Path) -> None:
     existing = run_files(engine)
     if cfg.resume:
         source = resume_path(cfg, engine.output_dir, engine.checkpoint_path("latest"))
-        own = source.resolve().parent == engine.checkpoint_dir.resolve()
+        own = is_own_checkpoint(engine, source)
         if own and cfg.overwrite:
             raise ConfigError(f"train.resume continues the run in {engine.checkpoint_dir} and train.overwrite "
                               f"would delete it; pass only one of them")
