@@ -26,6 +26,7 @@ import torchio as tio
 from torch.utils.data import Dataset
 
 from shared import DataError, group_split
+from shared.data import is_volume
 from shared.cache import ArrayCache
 from alzheimer_mosa.augment import IMAGE_KEY, build_preprocessing, build_transform
 from alzheimer_mosa.config import Config, DataConfig
@@ -33,7 +34,6 @@ from alzheimer_mosa.demo_data import ensure_demo_dataset
 
 logger = logging.getLogger(__name__)
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SPLITS = ("train", "val", "test")
 REQUIRED_SPLITS = ("train", "val")
 MANIFEST_COLUMNS = ("path", "label")
@@ -44,10 +44,6 @@ class VolumeRecord:
     path: Path
     label: int
     subject: str
-
-
-def is_nifti(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES)
 
 
 def read_nifti(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
@@ -77,7 +73,7 @@ def folder_records(split_dir: Path, class_names: list[str]) -> list[VolumeRecord
     records = []
     for label, name in enumerate(class_names):
         class_dir = split_dir / name
-        files = sorted(p for p in class_dir.rglob("*") if is_nifti(p)) if class_dir.is_dir() else []
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and is_volume(p)) if class_dir.is_dir() else []
         if not files:
             raise DataError(f"class folder {class_dir} has no .nii/.nii.gz volumes")
         records += [VolumeRecord(path, label, path.name.split(".")[0]) for path in files]

@@ -18,6 +18,7 @@ from torchvision.transforms import v2
 from .config import ConfigError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+VOLUME_SUFFIXES = (".nii", ".nii.gz")  # NIfTI volumes (alzheimer_mosa)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_GROUP_FOLDS = 20  # stratified_group_split: finer folds would hold too few patients to stratify
@@ -25,6 +26,11 @@ MAX_GROUP_FOLDS = 20  # stratified_group_split: finer folds would hold too few p
 
 class DataError(ValueError):
     """The data on disk does not match what the config promises."""
+
+
+def is_volume(path: str | Path) -> bool:
+    """Whether ``path`` names a NIfTI volume (``.nii``/``.nii.gz``, any case) rather than a 2D image."""
+    return str(path).lower().endswith(VOLUME_SUFFIXES)
 
 
 #: PIL modes with more than 8 bits per pixel (16-bit PNG/TIFF, 32-bit integer or float images).

@@ -18,13 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .data import IMAGE_EXTENSIONS, DataError
-
-VOLUME_SUFFIXES = (".nii", ".nii.gz")
-
-
-def is_volume(path: str | Path) -> bool:
-    return str(path).lower().endswith(VOLUME_SUFFIXES)
+from .data import IMAGE_EXTENSIONS, VOLUME_SUFFIXES, DataError, is_volume
 
 
 def _check_dimensions(paths: Sequence[Path], spatial_dims: int, source: str | Path) -> None:

@@ -25,14 +25,13 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .data import DataError, describe_bad_images, load_image, single_threaded_worker
+from .data import DataError, describe_bad_images, is_volume, load_image, single_threaded_worker
 from .io import write_csv
 
 if TYPE_CHECKING:
     from .engine import Engine
 
 SPLIT_FILE = "split.csv"
-VOLUME_SUFFIXES = (".nii", ".nii.gz")
 
 
 def check_file(path: str | Path) -> str | None:
@@ -40,7 +39,7 @@ def check_file(path: str | Path) -> str | None:
     path = Path(path)
     if not path.is_file():
         return f"file not found: {path}"
-    if path.name.lower().endswith(VOLUME_SUFFIXES):
+    if is_volume(path):
         import nibabel  # torchio's reader; imported here so 2D projects never load it
         try:
             np.asanyarray(nibabel.load(path).dataobj)  # decodes every voxel: a truncated .nii.gz fails here
