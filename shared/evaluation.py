@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .io import write_csv, write_json
-from .metrics import multiclass_metrics, multilabel_metrics, tune_thresholds
+from .metrics import class_counts, multiclass_metrics, multilabel_metrics, tune_thresholds
 from .plots import (plot_confusion_matrix, plot_multilabel_confusion, plot_pr_curves, plot_roc_curves,
                     plot_training_curves)
 
@@ -43,8 +43,7 @@ def _per_class_rows(metrics: Mapping[str, Any], class_names: Sequence[str], targ
                     thresholds: np.ndarray | None) -> tuple[list[str], list[list[Any]]]:
     """Columns are every ``<metric>/<class>`` key the metrics hold, in their order."""
     names = [key.rsplit("/", 1)[0] for key in metrics if "/" in key and key.rsplit("/", 1)[1] == class_names[0]]
-    counts = (np.asarray(targets).sum(0) if np.asarray(targets).ndim == 2
-              else np.bincount(np.asarray(targets).astype(int), minlength=len(class_names)))
+    counts = class_counts(targets, len(class_names))
     header = ["class", "positives" if np.asarray(targets).ndim == 2 else "support", *names]
     header += ["threshold"] if thresholds is not None else []
     rows = []

@@ -22,6 +22,14 @@ from sklearn.metrics import (
 )
 
 
+def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Samples per class: a bincount of class indices, or the positives per column of a 0/1 matrix."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        return labels.sum(axis=0).astype(np.int64)
+    return np.bincount(labels.astype(np.int64), minlength=num_classes)
+
+
 def _safe_score(score_fn, y_true: np.ndarray, y_score: np.ndarray, what: str) -> float:
     if len(np.unique(y_true)) < 2:
         warnings.warn(f"{what}: labels hold a single value, metric is undefined (NaN)", RuntimeWarning,

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .data import DataError, describe_bad_images, is_volume, load_image, single_threaded_worker
 from .io import write_csv
+from .metrics import class_counts
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -139,14 +140,6 @@ def record_split(output_dir: Path, parts: Mapping[str, Sequence[str]], resume: b
 
 
 # --------------------------------------------------------------------------------------- counts and groups
-def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Samples per class: a bincount of class indices, or the positives per column of a 0/1 matrix."""
-    labels = np.asarray(labels)
-    if labels.ndim == 2:
-        return labels.sum(axis=0).astype(np.int64)
-    return np.bincount(labels.astype(np.int64), minlength=num_classes)
-
-
 def report_counts(datasets: Mapping[str, Dataset], class_names: Sequence[str] | None) -> str:
     """Refuse an empty split or a one-class training split; return the class-count table as text."""
     with_labels = any(getattr(ds, "labels", None) is not None for ds in datasets.values())
