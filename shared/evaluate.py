@@ -35,7 +35,7 @@ from .evaluation import class_probabilities, write_split_results
 from .export import load_export, project_input_reader
 from .heatmaps import find_target_layer
 from .external_data import external_samples
-from .preflight import find_bad_files
+from .preflight import find_bad_files, unreadable_files_error
 from .report import write_report
 from .stats import (bootstrap_auroc_ci, bootstrap_threshold_cis, calibration, delong_ci, pr_band, roc_band,
                     youden_threshold)
@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     state = process_state()
     bad = find_bad_files(paths, progress=state.is_main_process, description="opening every file")
     if bad:
-        raise DataError(f"{len(bad)} of {len(paths)} files cannot be read, e.g. {bad[0][1]}; fix or remove them")
+        raise unreadable_files_error(bad, len(paths))
     read = project_input_reader(info) or image_reader(info["preprocessing"])
     if cfg.heatmaps > 0:  # before scoring: a model without a feature map to explain fails now, not at the end
         try:

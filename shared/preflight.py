@@ -90,6 +90,13 @@ def find_bad_files(paths: Sequence[str | Path], workers: int | None = None, prog
     return bad
 
 
+def unreadable_files_error(bad: Sequence[tuple[Path, str]], total: int, how: str = "fix or remove them") -> DataError:
+    """One first line (how many, the first reason, what to do), then every bad file, for ``run_cli``."""
+    bad = sorted(bad)
+    return DataError(f"{len(bad)} of {total} files cannot be read, e.g. {bad[0][1]}; {how}\n"
+                     + describe_bad_images(bad))
+
+
 # ------------------------------------------------------------------------------------------------ the split
 def split_parts(datasets: Mapping[str, Dataset]) -> dict[str, list[str]]:
     """Part name -> sample ids, for the datasets that have ``sample_ids``; a sample in two parts is refused."""
@@ -207,8 +214,6 @@ def preflight(engine: "Engine", datasets: Mapping[str, Dataset | None]) -> None:
                          description="preflight: opening every file")
     bad = gather_object(bad) if acc.num_processes > 1 else bad
     if bad:
-        bad = sorted(bad)
-        raise DataError(f"{len(bad)} of {len(files)} files cannot be read, e.g. {bad[0][1]}; fix or remove them "
-                        f"(or pass --skip-preflight to meet them only when their batch comes up)\n"
-                        + describe_bad_images(bad))
+        raise unreadable_files_error(bad, len(files), "fix or remove them (or pass --skip-preflight to meet them "
+                                                      "only when their batch comes up)")
     acc.print(f"preflight: {len(files)} files of {len(datasets)} splits open and decode")
