@@ -33,7 +33,7 @@ from .config import ConfigError
 from .data import DataError, build_image_transform, load_image, single_threaded_worker
 from .evaluation import class_probabilities, write_split_results
 from .export import load_export, project_input_reader
-from .heatmaps import find_target_layer
+from .heatmaps import find_target_layer, logits_of
 from .external_data import external_samples
 from .preflight import find_bad_files, unreadable_files_error
 from .report import write_report
@@ -80,19 +80,6 @@ class ScoredFiles(Dataset):
 
     def __getitem__(self, index: int):
         return self.read(self.paths[index]), index
-
-
-def logits_of(output: Any, num_classes: int) -> torch.Tensor:
-    """The class logits of a model output: the tensor itself, ``output["logits"]``, or the last element of a
-    tuple with one logit per class (hybridmednet's hierarchical head returns (coarse, fine))."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, Mapping):
-        return output["logits"]
-    fitting = [t for t in output if isinstance(t, torch.Tensor) and t.shape[-1] == num_classes]
-    if not fitting:
-        raise DataError(f"the model's outputs have no tensor of {num_classes} logits (one per class)")
-    return fitting[-1]
 
 
 @torch.no_grad()

@@ -22,21 +22,29 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["find_target_layer", "gradcam", "peak_slices", "peak_index", "overlay", "mass_in_region"]
+from .data import DataError
+
+__all__ = ["find_target_layer", "gradcam", "logits_of", "peak_slices", "peak_index", "overlay", "mass_in_region"]
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.Identity)
 
 
-def _logits(output, select_logits: Callable | None = None) -> torch.Tensor:
-    if select_logits is not None:
-        return select_logits(output)
+def logits_of(output, num_classes: int | None = None) -> torch.Tensor:
+    """The class logits of a model output: the tensor itself, ``output["logits"]``, or from a tuple the last
+    element with ``num_classes`` logits (hybridmednet's hierarchical head returns (coarse, fine)); without
+    ``num_classes``, its first element."""
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, Mapping):  # also transformers' ModelOutput
         return output["logits"]
-    if isinstance(output, (tuple, list)):
+    if not isinstance(output, (tuple, list)):
+        raise TypeError(f"cannot take logits from a model output of type {type(output).__name__}")
+    if num_classes is None:
         return output[0]
-    raise TypeError(f"cannot take logits from a model output of type {type(output).__name__}")
+    fitting = [t for t in output if isinstance(t, torch.Tensor) and t.shape[-1] == num_classes]
+    if not fitting:
+        raise DataError(f"the model's outputs have no tensor of {num_classes} logits (one per class)")
+    return fitting[-1]
 
 
 class _LogitsOnly(nn.Module):
@@ -48,7 +56,8 @@ class _LogitsOnly(nn.Module):
         self.select_logits = select_logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _logits(self.model(x), self.select_logits)
+        output = self.model(x)
+        return self.select_logits(output) if self.select_logits is not None else logits_of(output)
 
 
 def _layout(shape: Sequence[int], input_spatial: Sequence[int]) -> str:
