@@ -23,7 +23,8 @@ import torch.nn as nn
 
 from shared import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, export_model, register_model
 from clip_medical.losses import class_logits
-from clip_medical.models import CLIPModel, build_image_encoder, text_encoder_config, text_encoder_from_config
+from clip_medical.models import (CLIPModel, build_image_encoder, text_encoder_config, text_encoder_from_config,
+                                 tokenize)
 
 PROJECT = "clip_medical"
 TOKENIZER_DIR = "tokenizer"  # inside the export folder
@@ -37,14 +38,21 @@ class ZeroShotClassifier(nn.Module):
         self.clip = clip
         self.register_buffer("class_embeddings", class_embeddings.detach().clone())
 
-    @torch.no_grad()
-    def set_class_texts(self, tokens: Mapping[str, torch.Tensor]) -> None:
-        """Replace the classes by the texts of ``tokens`` (``input_ids`` / ``attention_mask`` [C, L])."""
-        device = self.class_embeddings.device
-        self.class_embeddings = self.clip.encode_text(**{k: v.to(device) for k, v in tokens.items()}).float()
+    def set_class_texts(self, tokenizer, texts: Sequence[str]) -> None:
+        """Replace the stored classes by other class texts (what ``predict.py --class-text.NAME TEXT`` does)."""
+        self.class_embeddings = self.embed_class_texts(tokenizer, texts)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return class_logits(self.clip.encode_image(images), self.class_embeddings, self.clip.clamped_logit_scale())
+    @torch.no_grad()
+    def embed_class_texts(self, tokenizer, texts: Sequence[str]) -> torch.Tensor:
+        """Unit-norm text embeddings [C, embed_dim] of other class texts, for ``forward(..., class_embeddings=)``."""
+        tokens = tokenize(tokenizer, list(texts))
+        device = self.class_embeddings.device
+        return self.clip.encode_text(**{k: v.to(device) for k, v in tokens.items()}).float()
+
+    def forward(self, images: torch.Tensor, class_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits [B, C] against the stored class texts, or against ``class_embeddings`` when given."""
+        classes = self.class_embeddings if class_embeddings is None else class_embeddings
+        return class_logits(self.clip.encode_image(images), classes, self.clip.clamped_logit_scale())
 
 
 @register_model(PROJECT)

@@ -24,7 +24,6 @@ from shared import CheckpointError, DataError, build_image_transform, load_expor
 from shared.data import IMAGE_EXTENSIONS
 from clip_medical.data import ImageLabelDataset, load_class_texts_file
 from clip_medical.export import ZeroShotClassifier
-from clip_medical.models import tokenize
 
 
 @dataclass
@@ -92,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
         if len(class_texts) < 2:
             raise ValueError(f"zero-shot classification needs at least two classes, got {list(class_texts)}")
         tokenizer = AutoTokenizer.from_pretrained(export_dir / info["extra"]["tokenizer_dir"])
-        model.set_class_texts(tokenize(tokenizer, list(class_texts.values())))
+        model.set_class_texts(tokenizer, list(class_texts.values()))
         class_names = list(class_texts)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     images = [args.images] if isinstance(args.images, str) else args.images

@@ -48,29 +48,36 @@ def _display(inputs: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
     return x.clamp(0, 1).permute(1, 2, 0).numpy()
 
 
+def case_figure(model: torch.nn.Module, inputs: torch.Tensor, cls: int, preprocessing: dict,
+                select_logits: Callable, title: str):
+    """A figure of ``inputs`` (1, C, ...) with the Grad-CAM map of class ``cls``: three orthogonal slices through
+    the map's peak for a volume; for an image, the map and the model's own spatial attention if it has one."""
+    cam = gradcam(model, inputs, [cls], select_logits=select_logits)[0]
+    image = _display(inputs, preprocessing["mean"], preprocessing["std"])
+    if cam.ndim == 3:  # 3D: slices through the map's peak
+        x, y, z = peak_index(cam)
+        views = [("sagittal", image[x], cam[x]), ("coronal", image[:, y], cam[:, y]), ("axial", image[:, :, z], cam[:, :, z])]
+    else:
+        views = [("Grad-CAM", image, cam)]
+        attention = _attention(model, inputs)
+        if attention is not None:
+            views.append(("spatial attention", image, (attention - attention.min()) / max(np.ptp(attention), 1e-8)))
+    fig, axes = plt.subplots(1, len(views), figsize=(3.2 * len(views), 3.4), squeeze=False)
+    for ax, (name, picture, heat) in zip(axes[0], views):
+        ax.imshow(overlay(picture, heat))
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=8)
+    return fig
+
+
 def save_case_figures(model: torch.nn.Module, read: Callable[[Path], torch.Tensor], paths: Sequence[Path],
                       cases: Sequence[tuple[int, int, bool]], class_names: Sequence[str],
                       preprocessing: dict, select_logits: Callable, out_dir: Path) -> list[Path]:
     """One PNG per case in ``out_dir``; returns their paths."""
     files = []
     for rank, (index, cls, correct) in enumerate(cases):
-        inputs = read(paths[index])[None]
-        cam = gradcam(model, inputs, [cls], select_logits=select_logits)[0]
-        image = _display(inputs, preprocessing["mean"], preprocessing["std"])
         title = f"{Path(paths[index]).name}: {class_names[cls]} ({'correct' if correct else 'wrong'})"
-        if cam.ndim == 3:  # 3D: slices through the map's peak
-            x, y, z = peak_index(cam)
-            views = [("sagittal", image[x], cam[x]), ("coronal", image[:, y], cam[:, y]), ("axial", image[:, :, z], cam[:, :, z])]
-        else:
-            views = [("Grad-CAM", image, cam)]
-            attention = _attention(model, inputs)
-            if attention is not None:
-                views.append(("spatial attention", image, (attention - attention.min()) / max(np.ptp(attention), 1e-8)))
-        fig, axes = plt.subplots(1, len(views), figsize=(3.2 * len(views), 3.4), squeeze=False)
-        for ax, (name, picture, heat) in zip(axes[0], views):
-            ax.imshow(overlay(picture, heat))
-            ax.set_title(name, fontsize=8)
-            ax.axis("off")
-        fig.suptitle(title, fontsize=8)
+        fig = case_figure(model, read(paths[index])[None], cls, preprocessing, select_logits, title)
         files.append(_save(fig, out_dir / f"{'correct' if correct else 'wrong'}_{rank:02d}.png"))
     return files

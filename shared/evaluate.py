@@ -30,10 +30,11 @@ from .accelerator import process_state
 from .cli import parse_cli, run_cli
 from .case_heatmaps import pick_cases, save_case_figures
 from .config import ConfigError
-from .data import DataError, build_image_transform, load_image, single_threaded_worker
+from .data import DataError, single_threaded_worker
 from .evaluation import class_probabilities, write_split_results
 from .export import load_export, project_input_reader
 from .heatmaps import find_target_layer, logits_of
+from .inference import image_reader
 from .external_data import external_samples
 from .preflight import find_bad_files, unreadable_files_error
 from .report import write_report
@@ -55,18 +56,6 @@ class EvaluateConfig:
     positive_class: str = ""  # multi-class with two classes: the positive class (default: the second)
     heatmaps: int = 0  # > 0: Grad-CAM figures of the N most confident correct and N most confident wrong cases
     cpu: bool = False  # score on the CPU even when a GPU is visible
-
-
-def image_reader(preprocessing: Mapping[str, Any]) -> Callable[[Path], torch.Tensor]:
-    """path -> the 2D input tensor the export's ``preprocessing`` describes, as the projects' evaluation
-    transform makes it (``build_image_transform(size, train=False)``); grayscale-trained models (chest
-    X-rays) read the image as grayscale and replicate it."""
-    size = preprocessing["size"]
-    if size[0] != size[1]:
-        raise DataError(f"exported input size {size} is not square; the 2D reader resizes to squares")
-    transform = build_image_transform(size[0], train=False, mean=preprocessing["mean"], std=preprocessing["std"])
-    mode = "L" if "grayscale" in preprocessing.get("extra", {}) else "RGB"
-    return lambda path: transform(load_image(path, mode=mode))
 
 
 class ScoredFiles(Dataset):

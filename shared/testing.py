@@ -1,4 +1,5 @@
-"""Helpers for the projects' tests: a free local port and TensorBoard logs read back independent of file names.
+"""Helpers for the projects' tests: a free local port, TensorBoard logs read back independent of file names, a
+web app served in a thread, headless Chromium, and DICOM files written from pixel arrays.
 
 TensorBoard orders a folder's event files by name, and a writer's name holds the second it opened and a
 per-process counter: two writers opened in the same second by one process (a run and its resume inside
@@ -7,8 +8,15 @@ the wall time of their first event instead, then applies each writer's purge ste
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import shutil
 import socket
+import threading
 from pathlib import Path
+
+import numpy as np
 
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.compat.proto.event_pb2 import SessionLog
@@ -52,3 +60,89 @@ def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
 def scalar_steps(log_dir: str | Path, tag: str) -> list[int]:
     """The steps at which ``tag`` was logged (see :func:`read_scalars`)."""
     return [step for step, _ in read_scalars(log_dir).get(tag, [])]
+
+
+@contextlib.contextmanager
+def serving(app):
+    """Serve an ASGI ``app`` on 127.0.0.1 in a thread for the ``with`` block; yields its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(2000):  # up to 20 s for the socket to open
+        if server.started or not thread.is_alive():
+            break
+        threading.Event().wait(0.01)
+    if not server.started:
+        raise RuntimeError("the test server did not start")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def headless_chromium(profile_dir: Path, width: int = 1200, height: int = 900):
+    """A selenium driver of Debian's Chromium (``chromium`` + ``chromium-driver``) that records every network
+    request (:func:`requested_urls`); pytest skips, with the reason, where either is not installed."""
+    import pytest
+
+    browser, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if browser is None or driver_path is None:
+        pytest.skip("browser test needs Debian's chromium and chromium-driver: "
+                    "sudo apt-get install chromium chromium-driver")
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium must not try to download a driver
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--disable-quic", f"--window-size={width},{height}", f"--user-data-dir={profile_dir}"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def requested_urls(driver) -> list[str]:
+    """Every URL the page asked for since the last call (Chromium's performance log)."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+def write_dicom(path: str | Path, pixels: np.ndarray, photometric: str = "MONOCHROME2",
+                window: tuple[float, float] | None = None) -> Path:
+    """An uncompressed 16-bit DICOM file of ``pixels`` ((H, W), or (frames, H, W) for a multi-frame file),
+    optionally with a VOI window (center, width)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    pixels = np.asarray(pixels, dtype=np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID, dataset.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    dataset.Modality, dataset.SamplesPerPixel, dataset.PhotometricInterpretation = "DX", 1, photometric
+    dataset.Rows, dataset.Columns = pixels.shape[-2:]
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 16, 15, 0
+    if pixels.ndim == 3:
+        dataset.NumberOfFrames = pixels.shape[0]
+    if window is not None:
+        dataset.WindowCenter, dataset.WindowWidth = window
+    dataset.PixelData = pixels.tobytes()
+    dataset.save_as(path, enforce_file_format=True)
+    return Path(path)
