@@ -49,7 +49,7 @@ def _display(inputs: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
 
 
 def case_figure(model: torch.nn.Module, inputs: torch.Tensor, cls: int, preprocessing: dict,
-                select_logits: Callable, title: str):
+                select_logits: Callable, title: str | None = None):
     """A figure of ``inputs`` (1, C, ...) with the Grad-CAM map of class ``cls``: three orthogonal slices through
     the map's peak for a volume; for an image, the map and the model's own spatial attention if it has one."""
     cam = gradcam(model, inputs, [cls], select_logits=select_logits)[0]
@@ -67,7 +67,8 @@ def case_figure(model: torch.nn.Module, inputs: torch.Tensor, cls: int, preproce
         ax.imshow(overlay(picture, heat))
         ax.set_title(name, fontsize=8)
         ax.axis("off")
-    fig.suptitle(title, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=8)
     return fig
 
 

@@ -115,7 +115,7 @@ class Predictor:
             from transformers import AutoTokenizer
             self._tokenizer = AutoTokenizer.from_pretrained(self.export_dir / self.info["extra"]["tokenizer_dir"])
         embeddings = self.model.embed_class_texts(self._tokenizer, texts)
-        return _WithClassEmbeddings(self.model, embeddings), names
+        return _WithClassEmbeddings(self.model, embeddings).eval(), names  # Grad-CAM restores this mode
 
     def predict(self, inputs: torch.Tensor, class_texts: Mapping[str, str] | None = None,
                 heatmap: bool = True, heatmap_class: str | None = None) -> dict[str, Any]:
@@ -135,9 +135,9 @@ class Predictor:
                 if heatmap_class is not None and heatmap_class not in names:
                     raise DataError(f"heatmap class {heatmap_class!r} is not one of {names}")
                 cls = names.index(heatmap_class) if heatmap_class is not None else int(probs.argmax())
+                # no title: class names may need glyphs matplotlib's font lacks (Chinese); the page captions it
                 fig = case_figure(model, inputs[None].to(self.device), cls, self.preprocessing,
-                                  lambda output: logits_of(output, len(names)),
-                                  f"{names[cls]}: probability {probs[cls]:.3f}")
+                                  lambda output: logits_of(output, len(names)))
                 buffer = io.BytesIO()
                 fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
                 plt.close(fig)

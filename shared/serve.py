@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import shutil
 import tempfile
 from contextlib import asynccontextmanager
@@ -37,6 +38,7 @@ from .data import DataError
 from .inference import Predictor
 from .uploads import READABLE, save_upload
 
+LOG = logging.getLogger("shared.serve")
 PAGE_DIR = Path(__file__).with_name("serve_page")
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
@@ -50,7 +52,7 @@ SECURITY_HEADERS = {
 class ServeConfig:
     model: str = ""  # an export folder (model.safetensors + model.json) that a project's train.py wrote
     host: str = "127.0.0.1"  # 0.0.0.0 lets other computers upload (there is no login): only on a trusted network
-    port: int = 7860
+    port: int = 7860  # the page is http://HOST:PORT/
     max_upload_mb: float = 64.0  # a larger request is refused (HTTP 413) before it is read
     max_files: int = 16  # files per request
     heatmaps: bool = True  # Grad-CAM per file (slower on the CPU for large 3D models)
@@ -185,6 +187,11 @@ def predict_uploads(predictor: Predictor, uploads: Sequence[tuple[str, bytes]], 
                 result = predictor.predict(predictor.input_of(path, kind, name), **options)
             except DataError as err:
                 results.append({"file": name, "error": str(err)})
+                continue
+            except Exception as err:  # a bug, not a bad file: the traceback goes to the console, one line to the page
+                LOG.exception("predicting %s failed", name)
+                results.append({"file": name, "error": f"{name}: the model failed on this file ({type(err).__name__}: "
+                                                       f"{err}); the server's console has the details"})
                 continue
             entry = {"file": name, "probabilities": dict(zip(result["class_names"], result["probabilities"])),
                      "positive": [c for c, p in zip(result["class_names"], result["positive"]) if p]}

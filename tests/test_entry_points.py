@@ -13,6 +13,7 @@ ENTRY_POINTS = [
     "hybridmednet.train", "hybridmednet.benchmark", "hybridmednet.test_modern_models",
     "convnext_v2.train", "convnext_v2.predict_flowers",
     "alzheimer_mosa.train_mosa", "alzheimer_mosa.prepare_cache", "alzheimer_mosa.pretrain_resnet", "shared.evaluate",
+    "shared.serve",
 ]
 
 

@@ -112,10 +112,13 @@ function resultCard(result, index) {
     return card;
   }
   const model = state.model;
-  const body = card.appendChild(element("div", { class: "result-body" }));
+  const body = card.appendChild(element("div", { class: result.heatmap_png ? "result-body" : "result-body no-heatmap" }));
   if (result.heatmap_png) {
-    body.append(element("img", { class: "heatmap", src: `data:image/png;base64,${result.heatmap_png}`,
-                                 alt: `Grad-CAM heatmap of ${result.heatmap_class} over ${result.file}` }));
+    const figure = body.appendChild(element("figure", { class: "heatmap-figure" }));
+    figure.append(element("img", { class: "heatmap", src: `data:image/png;base64,${result.heatmap_png}`,
+                                   alt: `Grad-CAM heatmap of ${result.heatmap_class} over ${result.file}` }));
+    figure.append(element("figcaption", {}, `Where the model looked for ${result.heatmap_class} ` +
+                          `(${result.probabilities[result.heatmap_class].toFixed(3)}); click a row for another class.`));
   }
   const table = body.appendChild(element("table", { class: "probabilities" }));
   const head = table.appendChild(element("thead")).appendChild(element("tr"));
