@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -39,6 +40,19 @@ def image_reader(preprocessing: Mapping[str, Any]) -> Callable[[Path], torch.Ten
     """path -> the 2D input tensor the export's ``preprocessing`` describes."""
     mode, transform = _image_transform(preprocessing)
     return lambda path: transform(load_image(path, mode=mode))
+
+
+def _reason(err: BaseException, path: Path) -> str:
+    """One line on why a saved upload could not be read, without the server's temporary path."""
+    cause = err.__cause__ if isinstance(err, DataError) and err.__cause__ is not None else err
+    return f"{type(cause).__name__}: " + " ".join(str(cause).replace(str(path), "the file").split())
+
+
+@dataclass
+class Classes:
+    """What a request is answered with: the model to apply and its class names."""
+    model: nn.Module
+    names: list[str]
 
 
 class _WithClassEmbeddings(nn.Module):
@@ -90,7 +104,7 @@ class Predictor:
             try:
                 return self._read_volume(path)
             except Exception as err:  # nibabel and torchio raise many types for damaged volumes
-                raise UploadError(f"{name}: cannot read this NIfTI volume ({type(err).__name__}: {err})") from None
+                raise UploadError(f"{name}: cannot read this NIfTI volume ({_reason(err, path)})") from None
         if kind.startswith("nifti"):
             raise UploadError(f"{name}: a NIfTI volume (3D); this {project} model takes 2D images (PNG, JPEG, DICOM)")
         if kind == "dicom":
@@ -99,30 +113,36 @@ class Predictor:
             try:
                 image = load_image(path, mode=self._mode)
             except DataError as err:
-                raise UploadError(f"{name}: {str(err).replace(str(path), 'the image')}") from None
+                raise UploadError(f"{name}: cannot read this image ({_reason(err, path)})") from None
         return self._transform(image.convert(self._mode))
 
-    def _classes(self, class_texts: Mapping[str, str] | None) -> tuple[nn.Module, list[str]]:
-        """The model and class names to use: the exported ones, or a zero-shot model bound to other texts."""
-        if not class_texts or dict(class_texts) == self.class_texts:
-            return self.model, self.class_names
-        if self.task != "zero-shot":
-            raise DataError(f"class texts apply to zero-shot (CLIP) models; this one is {self.task}")
-        names, texts = [str(n).strip() for n in class_texts], [str(t).strip() for t in class_texts.values()]
-        if len(names) < 2 or not all(names) or not all(texts) or len(set(names)) != len(names):
-            raise DataError("zero-shot classification needs at least two classes, each with a name and a text")
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
-            self._tokenizer = AutoTokenizer.from_pretrained(self.export_dir / self.info["extra"]["tokenizer_dir"])
-        embeddings = self.model.embed_class_texts(self._tokenizer, texts)
-        return _WithClassEmbeddings(self.model, embeddings).eval(), names  # Grad-CAM restores this mode
+    def classes(self, class_texts: Mapping[str, str] | None = None, heatmap_class: str | None = None) -> Classes:
+        """The model and class names a request asks for: the export's, or a zero-shot model bound to other
+        texts (encoded once per request); a request that cannot be served raises :class:`DataError`."""
+        found = Classes(self.model, self.class_names)
+        if class_texts and dict(class_texts) != self.class_texts:
+            if self.task != "zero-shot":
+                raise DataError(f"class texts apply to zero-shot (CLIP) models; this one is {self.task}")
+            names, texts = [str(n).strip() for n in class_texts], [str(t).strip() for t in class_texts.values()]
+            if len(names) < 2 or not all(names) or not all(texts) or len(set(names)) != len(names):
+                raise DataError("zero-shot classification needs at least two classes, each with a name and a text")
+            with self._lock:
+                if self._tokenizer is None:
+                    from transformers import AutoTokenizer
+                    self._tokenizer = AutoTokenizer.from_pretrained(self.export_dir / self.info["extra"]["tokenizer_dir"])
+                embeddings = self.model.embed_class_texts(self._tokenizer, texts)
+            found = Classes(_WithClassEmbeddings(self.model, embeddings).eval(), names)  # Grad-CAM restores this mode
+        if heatmap_class is not None and heatmap_class not in found.names:
+            raise DataError(f"heatmap_class {heatmap_class!r} is not one of the classes {found.names}")
+        return found
 
-    def predict(self, inputs: torch.Tensor, class_texts: Mapping[str, str] | None = None,
-                heatmap: bool = True, heatmap_class: str | None = None) -> dict[str, Any]:
-        """Probabilities of one input (C, ...) and, with ``heatmap``, the Grad-CAM figure of ``heatmap_class``
-        (default: the most probable class) as PNG bytes."""
+    def predict(self, inputs: torch.Tensor, classes: Classes | None = None, heatmap: bool = True,
+                heatmap_class: str | None = None) -> dict[str, Any]:
+        """Probabilities of one input (C, ...) against ``classes`` (default: the export's) and, with ``heatmap``,
+        the Grad-CAM figure of ``heatmap_class`` (default: the most probable class) as PNG bytes."""
+        classes = classes or self.classes(heatmap_class=heatmap_class)
+        model, names = classes.model, classes.names
         with self._lock:
-            model, names = self._classes(class_texts)
             with torch.no_grad():
                 logits = logits_of(model(inputs[None].to(self.device)), len(names)).float().cpu().numpy()
             probs = class_probabilities(self.task, logits)[0].astype(np.float64)
@@ -132,8 +152,6 @@ class Predictor:
                 positive = [i == int(probs.argmax()) for i in range(len(names))]
             result = {"class_names": names, "probabilities": probs.tolist(), "positive": positive}
             if heatmap:
-                if heatmap_class is not None and heatmap_class not in names:
-                    raise DataError(f"heatmap class {heatmap_class!r} is not one of {names}")
                 cls = names.index(heatmap_class) if heatmap_class is not None else int(probs.argmax())
                 # no title: class names may need glyphs matplotlib's font lacks (Chinese); the page captions it
                 fig = case_figure(model, inputs[None].to(self.device), cls, self.preprocessing,

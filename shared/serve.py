@@ -134,19 +134,21 @@ def create_app(predictor: Predictor, cfg: ServeConfig):
     @app.post("/api/predict")
     async def predict(request: Request):
         try:
-            form = await request.form(max_files=cfg.max_files + 1)
-            uploads = [(f.filename or f"file {i + 1}", await f.read()) for i, f in enumerate(form.getlist("files"))
-                       if not isinstance(f, str)]
+            async with request.form() as form:  # the file count is checked below, with our own message
+                uploads = [(f.filename or f"file {i + 1}", await f.read())
+                           for i, f in enumerate(form.getlist("files")) if not isinstance(f, str)]
+                options = request_options(form, cfg, len(uploads))
         except UploadTooLarge:
             return JSONResponse({"error": too_large_message(max_bytes)}, status_code=413)
+        except DataError as err:
+            return JSONResponse({"error": str(err)}, status_code=422)
         except Exception as err:  # a malformed multipart body
             return JSONResponse({"error": f"cannot read the request: {err}; post multipart/form-data "
                                           "with one or more 'files'"}, status_code=400)
         try:
-            options = request_options(form, cfg, len(uploads))
-        except DataError as err:
+            results = await run_in_threadpool(predict_uploads, predictor, uploads, upload_root, options)
+        except DataError as err:  # options that no file can be answered with (class texts, heatmap class)
             return JSONResponse({"error": str(err)}, status_code=422)
-        results = await run_in_threadpool(predict_uploads, predictor, uploads, upload_root, options)
         failed = [r for r in results if "error" in r]
         body = {"task": predictor.task, "thresholds": predictor.thresholds, "results": results}
         if len(failed) == len(results):
@@ -178,13 +180,16 @@ def request_options(form, cfg: ServeConfig, n_files: int) -> dict[str, Any]:
 def predict_uploads(predictor: Predictor, uploads: Sequence[tuple[str, bytes]], upload_root: Path,
                     options: dict[str, Any]) -> list[dict[str, Any]]:
     """One result per upload: probabilities (and heatmap) or the reason it could not be used. The files live
-    only in a temporary folder that is removed before this returns."""
+    only in a temporary folder that is removed before this returns. Options no file can be answered with
+    raise :class:`DataError`."""
+    classes = predictor.classes(options["class_texts"], options["heatmap_class"])
     results = []
     with tempfile.TemporaryDirectory(dir=upload_root) as folder:
         for index, (name, data) in enumerate(uploads):
             try:
                 path, kind = save_upload(data, name, Path(folder), index)
-                result = predictor.predict(predictor.input_of(path, kind, name), **options)
+                result = predictor.predict(predictor.input_of(path, kind, name), classes, options["heatmap"],
+                                           options["heatmap_class"])
             except DataError as err:
                 results.append({"file": name, "error": str(err)})
                 continue

@@ -114,6 +114,14 @@ def headless_chromium(profile_dir: Path, width: int = 1200, height: int = 900):
         driver.quit()
 
 
+def post_files(url: str, files, **fields) -> tuple[int, dict]:
+    """POST ``files`` [(name, bytes)] and form ``fields`` to a shared.serve ``url``'s /api/predict; (status, JSON)."""
+    import requests
+
+    response = requests.post(f"{url}/api/predict", files=[("files", f) for f in files], data=fields, timeout=120)
+    return response.status_code, response.json()
+
+
 def requested_urls(driver) -> list[str]:
     """Every URL the page asked for since the last call (Chromium's performance log)."""
     urls = []

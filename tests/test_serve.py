@@ -24,7 +24,7 @@ from shared.cxr14 import FINDINGS, cxr_preprocessing
 from shared.cxr14_demo import make_synthetic_cxr
 from shared.inference import Predictor
 from shared.serve import ServeConfig, create_app
-from shared.testing import free_port, headless_chromium, requested_urls, serving, write_dicom
+from shared.testing import post_files, free_port, headless_chromium, requested_urls, serving, write_dicom
 
 REPO = Path(__file__).resolve().parents[1]
 THRESHOLDS = np.linspace(0.3, 0.6, len(FINDINGS))
@@ -61,16 +61,11 @@ def server(cxr_export):
         yield url, app.app.state.upload_root
 
 
-def post(url, files, **fields):
-    """POST files [(name, bytes)] to /api/predict; returns (status, JSON)."""
-    response = requests.post(f"{url}/api/predict", files=[("files", f) for f in files], data=fields, timeout=120)
-    return response.status_code, response.json()
-
 
 def test_the_json_endpoint_gives_predicts_probabilities_thresholds_and_a_heatmap(server, cxr_export, expected):
     url, _ = server
     image = cxr_export[1][0]
-    status, body = post(url, [(image.name, image.read_bytes())])
+    status, body = post_files(url, [(image.name, image.read_bytes())])
     assert status == 200 and body["thresholds"] == pytest.approx(THRESHOLDS.tolist())
     (result,) = body["results"]
     ours = result["probabilities"]
@@ -81,9 +76,9 @@ def test_the_json_endpoint_gives_predicts_probabilities_thresholds_and_a_heatmap
     heatmap = Image.open(io.BytesIO(base64.b64decode(result["heatmap_png"])))
     assert heatmap.format == "PNG" and heatmap.width > 1.5 * heatmap.height  # two panels: Grad-CAM, spatial attention
     assert result["heatmap_class"] == max(ours, key=ours.get)
-    status, body = post(url, [(image.name, image.read_bytes())], heatmap="false", heatmap_class="Mass")
+    status, body = post_files(url, [(image.name, image.read_bytes())], heatmap="false", heatmap_class="Mass")
     assert "heatmap_png" not in body["results"][0]
-    assert post(url, [(image.name, image.read_bytes())], heatmap_class="Mass")[1]["results"][0]["heatmap_class"] == "Mass"
+    assert post_files(url, [(image.name, image.read_bytes())], heatmap_class="Mass")[1]["results"][0]["heatmap_class"] == "Mass"
 
 
 def test_twenty_concurrent_requests_are_each_answered_with_their_own_image(server, cxr_export, expected):
@@ -91,7 +86,7 @@ def test_twenty_concurrent_requests_are_each_answered_with_their_own_image(serve
     images = cxr_export[1]
     jobs = [(images[i % len(images)], "true" if i % 4 == 0 else "false") for i in range(20)]
     with ThreadPoolExecutor(max_workers=20) as pool:
-        answers = list(pool.map(lambda job: post(url, [(job[0].name, job[0].read_bytes())], heatmap=job[1]), jobs))
+        answers = list(pool.map(lambda job: post_files(url, [(job[0].name, job[0].read_bytes())], heatmap=job[1]), jobs))
     for (image, heatmap), (status, body) in zip(jobs, answers):
         assert status == 200
         (result,) = body["results"]
@@ -107,7 +102,7 @@ def test_a_dicom_of_the_same_pixels_scores_like_the_png(server, cxr_export, expe
     files = [("a.dcm", write_dicom(tmp_path / "a.dcm", stretched).read_bytes()),
              ("b.dcm", write_dicom(tmp_path / "b.dcm", stretched.max() - stretched, "MONOCHROME1").read_bytes())]
     assert (pixels.min(), pixels.max()) == (0, 255)
-    status, body = post(url, files, heatmap="false")
+    status, body = post_files(url, files, heatmap="false")
     assert status == 200
     for result in body["results"]:
         assert max(abs(result["probabilities"][f] - expected[image.name][f]) for f in FINDINGS) < 1e-6
@@ -121,7 +116,7 @@ def test_bad_uploads_get_one_clear_message_each(server, cxr_export, tmp_path):
     nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)).to_filename(tmp_path / "v.nii.gz")
     volume = (tmp_path / "v.nii.gz").read_bytes()
     series = write_dicom(tmp_path / "s.dcm", np.zeros((3, 16, 16))).read_bytes()
-    status, body = post(url, [("notes.txt", b"not an image at all"), ("scan.dcm", corrupt_dicom),
+    status, body = post_files(url, [("notes.txt", b"not an image at all"), ("scan.dcm", corrupt_dicom),
                               ("brain.nii.gz", volume), ("series.dcm", series), (good.name, good.read_bytes())])
     assert status == 200  # one good file: the others are reported one by one
     errors = [r.get("error") for r in body["results"]]
@@ -131,15 +126,15 @@ def test_bad_uploads_get_one_clear_message_each(server, cxr_export, tmp_path):
                          "(PNG, JPEG, DICOM)")
     assert errors[3] == "series.dcm: a DICOM series of 3 frames; this model takes one 2D image per file"
     assert errors[4] is None and "Traceback" not in str(body)
-    status, body = post(url, [("notes.txt", b"text")])
+    status, body = post_files(url, [("notes.txt", b"text")])
     assert status == 422 and body["error"].startswith("notes.txt: not a file")
-    status, body = post(url, [])
+    status, body = post_files(url, [])
     assert status == 422 and body["error"].startswith("no files in the request")
-    status, body = post(url, [(good.name, good.read_bytes())] * 9)
-    assert status == 422 and body["error"] == "9 files in one request; this server takes at most 8"
-    status, body = post(url, [("big.png", bytes(int(1.5 * 2 ** 20)))])
+    status, body = post_files(url, [(good.name, good.read_bytes())] * 20)
+    assert status == 422 and body["error"] == "20 files in one request; this server takes at most 8"
+    status, body = post_files(url, [("big.png", bytes(int(1.5 * 2 ** 20)))])
     assert status == 413 and "larger than this server's limit of 1 MB" in body["error"]
-    status, body = post(url, [(good.name, good.read_bytes())], class_texts='{"a": "b", "c": "d"}')
+    status, body = post_files(url, [(good.name, good.read_bytes())], class_texts='{"a": "b", "c": "d"}')
     assert status == 422 and body["error"] == "class texts apply to zero-shot (CLIP) models; this one is multi-label"
 
 
@@ -160,7 +155,7 @@ def test_uploads_live_only_in_a_temporary_folder_that_is_removed(cxr_export, tmp
     export_files = sorted(p.name for p in cxr_export[0].iterdir())
     with serving(app) as url:
         image = cxr_export[1][0]
-        assert post(url, [(image.name, image.read_bytes())] * 3)[0] == 200
+        assert post_files(url, [(image.name, image.read_bytes())] * 3)[0] == 200
         assert root.is_dir() and not any(root.iterdir())  # each request's folder is gone when it is answered
     assert not root.exists()  # and the server's own folder at shutdown
     assert not any(tmp_path.iterdir()) and sorted(p.name for p in cxr_export[0].iterdir()) == export_files
