@@ -57,6 +57,31 @@ def tiny_config(out_dir: Path, data_root: Path, cls=Config, **overrides) -> Conf
     return config_from_dict(cls, _merge(base, overrides))
 
 
+def _export_tiny_mosa(cfg: Config, out_dir: Path):
+    """A random-weight (seed 0) Mosa model exported to ``out_dir``; returns (its test dataset, the model's class
+    probabilities of each test volume as a numpy array, in dataset order)."""
+    from alzheimer_mosa.augment import export_preprocessing
+    from alzheimer_mosa.data_loader import build_datasets
+    from alzheimer_mosa.model_builder import architecture, build_mosa
+    from shared import export_model
+
+    torch.manual_seed(0)
+    model = build_mosa(cfg).eval()
+    export_model(model, out_dir, project="alzheimer_mosa", architecture=architecture(cfg, "mosa"),
+                 class_names=cfg.data.class_names, task="multi-class",
+                 preprocessing=export_preprocessing(cfg.data, cfg.backbone.in_channels))
+    test_set = build_datasets(cfg)["test"]
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.stack([test_set[i][0] for i in range(len(test_set))])), 1).numpy()
+    return test_set, probs
+
+
+@pytest.fixture(scope="session")
+def export_tiny_mosa():
+    """``export_tiny_mosa(cfg, out_dir)`` -> (test dataset, probabilities): a Mosa export and its reference scores."""
+    return _export_tiny_mosa
+
+
 @pytest.fixture(scope="session")
 def config_factory():
     """:func:`tiny_config` for module-scoped fixtures."""

@@ -3,25 +3,14 @@ model.json), so the report's probabilities equal those of the training-time test
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from alzheimer_mosa.augment import export_preprocessing
-from alzheimer_mosa.data_loader import build_datasets
-from alzheimer_mosa.model_builder import architecture, build_mosa
-from shared import DataError, export_model, read_json
+from shared import DataError, read_json
 from shared.evaluate import main as evaluate_main
 
 
-def test_a_mosa_export_scores_the_test_folder_as_the_training_run_does(make_config, demo_root, tmp_path):
-    cfg = make_config()
-    torch.manual_seed(0)
-    model = build_mosa(cfg).eval()
-    export_model(model, tmp_path / "export", project="alzheimer_mosa", architecture=architecture(cfg, "mosa"),
-                 class_names=cfg.data.class_names, task="multi-class",
-                 preprocessing=export_preprocessing(cfg.data, cfg.backbone.in_channels))
-    test_set = build_datasets(cfg)["test"]
-    with torch.no_grad():
-        expected = torch.softmax(model(torch.stack([test_set[i][0] for i in range(len(test_set))])), 1).numpy()
+def test_a_mosa_export_scores_the_test_folder_as_the_training_run_does(make_config, demo_root, tmp_path,
+                                                                     export_tiny_mosa):
+    test_set, expected = export_tiny_mosa(make_config(), tmp_path / "export")
     out = tmp_path / "report"
     evaluate_main(["--model", str(tmp_path / "export"), "--data", str(demo_root / "test"), "--out", str(out),
                    "--num_workers", "0", "--bootstrap", "50", "--positive_class", "AD", "--heatmaps", "1"])
@@ -35,11 +24,8 @@ def test_a_mosa_export_scores_the_test_folder_as_the_training_run_does(make_conf
     assert sorted(p.name for p in (out / "heatmaps").iterdir()) == expected_files  # three slices per case
 
 
-def test_a_2d_image_given_to_the_3d_model_is_refused(make_config, demo_root, tmp_path):
-    cfg = make_config()
-    export_model(build_mosa(cfg), tmp_path / "export", project="alzheimer_mosa",
-                 architecture=architecture(cfg, "mosa"), class_names=cfg.data.class_names, task="multi-class",
-                 preprocessing=export_preprocessing(cfg.data, cfg.backbone.in_channels))
+def test_a_2d_image_given_to_the_3d_model_is_refused(make_config, demo_root, tmp_path, export_tiny_mosa):
+    export_tiny_mosa(make_config(), tmp_path / "export")
     (tmp_path / "site" / "CN").mkdir(parents=True)
     (tmp_path / "site" / "CN" / "slice.png").write_bytes(b"")
     with pytest.raises(DataError, match="slice.png is a 2D image, but the model is a 3D model"):

@@ -6,33 +6,21 @@ import io
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
-from alzheimer_mosa.augment import export_preprocessing
-from alzheimer_mosa.data_loader import build_datasets
-from alzheimer_mosa.model_builder import architecture, build_mosa
-from shared import export_model
 from shared.inference import Predictor
 from shared.serve import ServeConfig, create_app
 from shared.testing import post_files, serving
 
 
 @pytest.fixture(scope="module")
-def mosa_export(config_factory, demo_root, tmp_path_factory):
+def mosa_export(config_factory, demo_root, tmp_path_factory, export_tiny_mosa):
     """A tiny random-weight Mosa export, the test-split volumes as (upload name, path), and the model's softmax of
     each on the project's test dataset: {upload name: {class: probability}}. Both class folders hold a
     demo_test_000.nii.gz, so the upload name is <class>_<file>."""
     root = tmp_path_factory.mktemp("serve_mosa")
     cfg = config_factory(root, demo_root)
-    torch.manual_seed(0)
-    model = build_mosa(cfg).eval()
-    export_model(model, root / "export", project="alzheimer_mosa", architecture=architecture(cfg, "mosa"),
-                 class_names=cfg.data.class_names, task="multi-class",
-                 preprocessing=export_preprocessing(cfg.data, cfg.backbone.in_channels))
-    test_set = build_datasets(cfg)["test"]
-    with torch.no_grad():
-        probs = torch.softmax(model(torch.stack([test_set[i][0] for i in range(len(test_set))])), 1).numpy()
+    test_set, probs = export_tiny_mosa(cfg, root / "export")
     volumes = [(f"{Path(s).parent.name}_{Path(s).name}", Path(s)) for s in test_set.sample_ids]
     expected = {name: dict(zip(cfg.data.class_names, map(float, p))) for (name, _), p in zip(volumes, probs)}
     return root / "export", volumes, expected
