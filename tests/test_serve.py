@@ -168,7 +168,8 @@ def test_the_command_binds_127_0_0_1_unless_told_otherwise():
 def test_the_page_in_chromium_shows_predicts_probabilities_and_loads_nothing_from_elsewhere(
         cxr_export, expected, tmp_path):
     """The real command (python -m shared.serve) and Debian's Chromium: upload two X-rays and a DICOM, read the
-    table, check the thresholds and highlights, take the README's screenshot, then send files it must refuse."""
+    table, check the thresholds and highlights, take the README's screenshot, then send files it must refuse
+    (a text file, a corrupt DICOM, a 3D volume) and read their messages on the page."""
     export, images = cxr_export
     port = free_port()
     env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
@@ -215,6 +216,16 @@ def test_the_page_in_chromium_shows_predicts_probabilities_and_loads_nothing_fro
             WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, "message").is_displayed())
             assert driver.find_element(By.ID, "message").text == (
                 "notes.txt: not a file this page can read; send a PNG, JPEG, TIFF, DICOM or NIfTI file")
+            corrupt = tmp_path / "scan.dcm"
+            corrupt.write_bytes(bytes(128) + b"DICM" + np.random.default_rng(0).bytes(200))
+            nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)).to_filename(tmp_path / "brain.nii.gz")
+            driver.execute_script("arguments[0].value = ''", file_input)
+            file_input.send_keys(f"{corrupt}\n{tmp_path / 'brain.nii.gz'}\n{images[0]}")
+            WebDriverWait(driver, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .result")) == 3)
+            errors = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#results .result .error")]
+            assert len(errors) == 2 and errors[0].startswith("scan.dcm: cannot read this DICOM file (")
+            assert errors[1] == ("brain.nii.gz: a NIfTI volume (3D); this convnext_cxr model takes 2D images "
+                                 "(PNG, JPEG, DICOM)")
             assert "Traceback" not in driver.page_source
             urls = requested_urls(driver)
             assert {u.split("?")[0] for u in urls} >= {f"{url}/{p}" for p in ("", "static/page.js", "static/page.css",
