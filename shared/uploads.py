@@ -68,6 +68,9 @@ def dicom_image(path: Path, name: str) -> Image.Image:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space
 
+    # A damaged file is answered with one line; pydicom's warning per invalid tag would only flood the console.
+    # (Process-wide, and not restored: requests run in threads, and this module only reads uploads.)
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     try:
         dataset = pydicom.dcmread(path)
         pixels = dataset.pixel_array
