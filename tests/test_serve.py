@@ -161,6 +161,27 @@ def test_uploads_live_only_in_a_temporary_folder_that_is_removed(cxr_export, tmp
     assert not any(tmp_path.iterdir()) and sorted(p.name for p in cxr_export[0].iterdir()) == export_files
 
 
+def test_a_failure_inside_the_model_is_one_line_for_that_file_and_a_traceback_on_the_console(cxr_export, caplog):
+    predictor = Predictor(cxr_export[0])
+    images = cxr_export[1][:2]
+    healthy, calls = predictor.predict, []
+
+    def failing_on_the_second_file(inputs, *args, **kwargs):
+        calls.append(inputs)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return healthy(inputs, *args, **kwargs)
+
+    predictor.predict = failing_on_the_second_file
+    with serving(create_app(predictor, ServeConfig(model=str(cxr_export[0])))) as url:
+        status, body = post_files(url, [(p.name, p.read_bytes()) for p in images], heatmap="false")
+    assert status == 200 and "probabilities" in body["results"][0]
+    assert body["results"][1] == {"file": images[1].name, "error": f"{images[1].name}: the model failed on this file "
+                                  "(RuntimeError: CUDA error: an illegal memory access was encountered); the "
+                                  "server's console has the details"}
+    assert any(r.exc_info and r.name == "shared.serve" for r in caplog.records)
+
+
 def test_the_command_binds_127_0_0_1_unless_told_otherwise():
     assert parse_cli(ServeConfig, ["--model", "x"]).host == "127.0.0.1"
 
