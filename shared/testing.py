@@ -84,18 +84,25 @@ def serving(app):
         thread.join(timeout=30)
 
 
-@contextlib.contextmanager
-def headless_chromium(profile_dir: Path, width: int = 1200, height: int = 900):
-    """A selenium driver of Debian's Chromium (``chromium`` + ``chromium-driver``) that records every network
-    request (:func:`requested_urls`); pytest skips, with the reason, where either is not installed."""
+def chromium_paths() -> tuple[str, str]:
+    """(chromium, chromedriver) of Debian's packages; where either is missing pytest skips with the reason, or
+    fails under ``MEDCLS_REQUIRE_BROWSER=1`` (CI, where a skipped browser test would hide a broken page)."""
     import pytest
 
     browser, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     if browser is None or driver_path is None:
         reason = "browser test needs Debian's chromium and chromium-driver: sudo apt-get install chromium chromium-driver"
-        if os.environ.get("MEDCLS_REQUIRE_BROWSER") == "1":  # CI: a missing browser is a failure, not a skip
+        if os.environ.get("MEDCLS_REQUIRE_BROWSER") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
+    return browser, driver_path
+
+
+@contextlib.contextmanager
+def headless_chromium(profile_dir: Path, width: int = 1200, height: int = 900):
+    """A selenium driver of Debian's Chromium that records every network request (:func:`requested_urls`);
+    skips or fails as :func:`chromium_paths` says where Chromium is not installed."""
+    browser, driver_path = chromium_paths()
     os.environ.setdefault("SE_OFFLINE", "true")  # selenium must not try to download a driver
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

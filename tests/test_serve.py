@@ -24,7 +24,8 @@ from shared.cxr14 import FINDINGS, cxr_preprocessing
 from shared.cxr14_demo import make_synthetic_cxr
 from shared.inference import Predictor
 from shared.serve import ServeConfig, create_app
-from shared.testing import post_files, free_port, headless_chromium, requested_urls, serving, write_dicom
+from shared.testing import (chromium_paths, free_port, headless_chromium, post_files, requested_urls, serving,
+                            write_dicom)
 
 REPO = Path(__file__).resolve().parents[1]
 THRESHOLDS = np.linspace(0.3, 0.6, len(FINDINGS))
@@ -191,6 +192,7 @@ def test_the_page_in_chromium_shows_predicts_probabilities_and_loads_nothing_fro
     """The real command (python -m shared.serve) and Debian's Chromium: upload two X-rays and a DICOM, read the
     table, check the thresholds and highlights, take the README's screenshot, then send files it must refuse
     (a text file, a corrupt DICOM, a 3D volume) and read their messages on the page."""
+    chromium_paths()  # skip (or fail in CI) before starting a server for a browser that is not there
     export, images = cxr_export
     port = free_port()
     env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
