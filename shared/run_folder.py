@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import ConfigError
+from .preflight import SPLIT_FILE
 from .resume import is_own_checkpoint, resume_path
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ def prepare_run_folder(engine: "Engine", tensorboard_dir: Path) -> None:
         outputs = [engine.output_dir / name for name in ("results", "export") if (engine.output_dir / name).is_dir()]
         for folder in outputs:  # its evaluation and export must not pass for the new run's
             shutil.rmtree(folder)
-        (engine.output_dir / "split.csv").unlink(missing_ok=True)  # the new run records its own
+        (engine.output_dir / SPLIT_FILE).unlink(missing_ok=True)  # the new run records its own
         print(f"train.overwrite: deleted the previous run's {', '.join(str(p) for p in existing + outputs)} and "
               f"{len(events)} TensorBoard event file(s)", flush=True)
     acc.wait_for_everyone()
