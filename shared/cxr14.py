@@ -128,13 +128,14 @@ def drop_bad_images(records: CXRRecords, on_bad_image: str = "error", on_bad_ima
     which. ``on_bad_image_key`` is the setting's name in the calling project's config, for the messages."""
     if on_bad_image not in ("error", "skip"):
         raise DataError(f"{on_bad_image_key} must be 'error' or 'skip', got {on_bad_image!r}")
-    bad = [(p, f"image not found: {p} (listed in {source})") for p in records.paths if not p.is_file()]
+    present = [p.is_file() for p in records.paths]  # one stat per image (ChestX-ray14 has 112,120)
+    bad = [(p, f"image not found: {p} (listed in {source})") for p, ok in zip(records.paths, present) if not ok]
     if bad and on_bad_image == "error":
         raise DataError(f"{len(bad)} of {len(records)} images are missing, e.g. {bad[0][1]}; set "
                         f"{on_bad_image_key}: skip to train without them\n" + describe_bad_images(bad))
     if on_bad_image == "error":
         return records
-    bad += find_bad_files([p for p in records.paths if p.is_file()], description="decoding every image")
+    bad += find_bad_files([p for p, ok in zip(records.paths, present) if ok], description="decoding every image")
     bad_paths = {p for p, _ in bad}
     if bad:
         print(f"skipping {len(bad)} of {len(records)} images: " + describe_bad_images(bad))
