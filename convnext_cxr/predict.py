@@ -24,6 +24,7 @@ import convnext_cxr.model  # noqa: E402,F401  (registers the convnext_cxr export
 from shared import (CheckpointError, build_image_transform, load_export, load_image, parse_cli,  # noqa: E402
                     run_cli, write_json)
 from shared.data import IMAGE_EXTENSIONS  # noqa: E402
+from shared.export import export_thresholds  # noqa: E402
 
 
 @dataclass
@@ -70,7 +71,7 @@ def predict(export_dir: str | Path, images: Sequence[str | Path], out_dir: str |
     if info["project"] != "convnext_cxr":
         raise CheckpointError(f"{export_dir} holds a {info['project']} model; predict.py needs a convnext_cxr export")
     findings, prep = info["class_names"], info["preprocessing"]
-    thresholds = info["thresholds"] or [0.5] * len(findings)
+    thresholds = export_thresholds(info)
     transform = build_image_transform(prep["size"][0], train=False, mean=prep["mean"], std=prep["std"])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

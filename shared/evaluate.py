@@ -32,7 +32,7 @@ from .case_heatmaps import pick_cases, save_case_figures
 from .config import ConfigError
 from .data import DataError, single_threaded_worker
 from .evaluation import class_probabilities, write_split_results
-from .export import load_export, project_input_reader
+from .export import export_thresholds, load_export, project_input_reader
 from .heatmaps import find_target_layer, logits_of
 from .inference import image_reader
 from .external_data import external_samples
@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         positive = class_names.index(cfg.positive_class) if cfg.positive_class else 1
     logits = score(model, ScoredFiles(paths, read), cfg, len(class_names))
     probs = class_probabilities(task, logits)
-    thresholds = np.asarray(info.get("thresholds") or [0.5] * len(class_names), dtype=np.float64)
+    thresholds = np.asarray(export_thresholds(info), dtype=np.float64)
     if not state.is_main_process:
         return {}
     partial = out.parent / f".{out.name}.partial"  # the report appears whole or not at all

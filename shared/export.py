@@ -106,6 +106,11 @@ def read_export_info(export_dir: str | Path) -> dict:
     return info
 
 
+def export_thresholds(info: Mapping[str, Any]) -> list[float]:
+    """The decision threshold of each class: the export's validation-tuned ones, or 0.5 each where it has none."""
+    return [float(t) for t in (info.get("thresholds") or [0.5] * len(info["class_names"]))]
+
+
 def load_export(export_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the model of any project's export (eval mode, on ``device``) and return it with ``model.json``."""
     export_dir = Path(export_dir)

@@ -20,7 +20,7 @@ import torch.nn as nn
 from .case_heatmaps import case_figure
 from .data import DataError, build_image_transform, load_image
 from .evaluation import class_probabilities
-from .export import load_export, project_input_reader
+from .export import export_thresholds, load_export, project_input_reader
 from .heatmaps import logits_of
 from .plots import plt
 from .uploads import UploadError, dicom_image
@@ -79,7 +79,7 @@ class Predictor:
         self.spatial_dims = self.preprocessing["spatial_dims"]
         self.thresholds = None
         if self.task == "multi-label":  # 0.5 where the export carries no tuned thresholds
-            self.thresholds = [float(t) for t in (self.info.get("thresholds") or [0.5] * len(self.class_names))]
+            self.thresholds = export_thresholds(self.info)
         self.class_texts = dict(self.info.get("extra", {}).get("class_texts") or {})
         if self.spatial_dims == 3:
             self._read_volume = project_input_reader(self.info)
