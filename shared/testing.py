@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,7 @@ def serving(app):
     for _ in range(2000):  # up to 20 s for the socket to open
         if server.started or not thread.is_alive():
             break
-        threading.Event().wait(0.01)
+        time.sleep(0.01)
     if not server.started:
         raise RuntimeError("the test server did not start")
     try:
